@@ -1,0 +1,307 @@
+"""Filter bank with ilastik's feature families, for 2D and 3D images.
+
+Every feature is a small value object that knows how many outputs it makes
+and how far it reaches (its halo), which is what exact tiled prediction
+needs. Features that share a scale share one Gaussian smoothing: gradients,
+Hessians and the Laplacian come from finite differences of the smoothed
+image, which keeps the bank cheap enough to recompute live.
+
+Scales are in physical units: with an anisotropic voxel size the sigma of
+each axis is divided by that axis' spacing relative to the finest one.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .errors import UserInputError
+
+FAMILIES = ("gaussian", "log", "gradient", "dog", "structure_tensor", "hessian")
+FAMILY_TITLES = {
+    "gaussian": "Gaussian smoothing",
+    "log": "Laplacian of Gaussian",
+    "gradient": "Gradient magnitude",
+    "dog": "Difference of Gaussians",
+    "structure_tensor": "Structure tensor eigenvalues",
+    "hessian": "Hessian eigenvalues",
+}
+SCALES = (0.3, 0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
+# Like ilastik, the finest scale is only meaningful for plain smoothing.
+SMOOTHING_ONLY_SCALE = 0.3
+TRUNCATE = 3.0  # Gaussian kernels reach 3 sigma, as in vigra
+DOG_RATIO = 0.66  # DoG(s) = G(s) - G(0.66 s)
+OUTER_RATIO = 0.5  # structure tensor: outer scale = 0.5 * inner scale
+_EIGEN_FAMILIES = ("structure_tensor", "hessian")
+
+
+def _radius(sigma: float) -> int:
+    """Kernel radius scipy uses for a Gaussian of this sigma."""
+    return int(TRUNCATE * float(sigma) + 0.5)
+
+
+@dataclass(frozen=True, order=True)
+class Feature:
+    family: str
+    scale: float
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise UserInputError(
+                f"unknown feature family {self.family!r}; choose from {', '.join(FAMILIES)}"
+            )
+        if not self.scale > 0:
+            raise UserInputError(f"feature scale must be positive, got {self.scale}")
+        if self.scale < 0.5 and self.family != "gaussian":
+            raise UserInputError(
+                f"{self.family} needs a scale of at least 0.5 (got {self.scale}); "
+                "only Gaussian smoothing is defined at the finest scale"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}@{self.scale:g}"
+
+    def n_outputs(self, ndim: int) -> int:
+        return ndim if self.family in _EIGEN_FAMILIES else 1
+
+    def halo(self, sigmas: np.ndarray) -> np.ndarray:
+        """Pixels per axis this feature reads beyond the pixel it describes.
+
+        `sigmas` is the per-axis sigma in pixels (scale / relative spacing).
+        """
+        r = np.array([_radius(s) for s in sigmas])
+        if self.family in ("gaussian", "dog"):
+            return r
+        if self.family == "structure_tensor":
+            return r + 1 + np.array([_radius(s * OUTER_RATIO) for s in sigmas])
+        return r + 2  # derivatives: one finite-difference step each way, twice
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """An ordered, duplicate-free selection of features."""
+
+    features: tuple[Feature, ...]
+
+    def __post_init__(self):
+        if not self.features:
+            raise UserInputError("select at least one feature")
+        object.__setattr__(self, "features", tuple(sorted(set(self.features))))
+
+    @classmethod
+    def default(cls) -> FeatureSpec:
+        scales = (0.7, 1.0, 1.6, 3.5, 5.0)
+        feats = [Feature("gaussian", SMOOTHING_ONLY_SCALE)]
+        feats += [Feature(f, s) for f in FAMILIES for s in scales]
+        return cls(tuple(feats))
+
+    @classmethod
+    def from_grid(cls, families, scales) -> FeatureSpec:
+        """Every family at every scale, skipping combinations ilastik leaves out."""
+        feats = [
+            Feature(f, float(s))
+            for f in families
+            for s in scales
+            if f == "gaussian" or float(s) >= 0.5
+        ]
+        return cls(tuple(feats))
+
+    @classmethod
+    def parse(cls, text: str, scales: str | None = None) -> FeatureSpec:
+        """Parse 'gaussian@0.3,hessian@1.6,log' (a bare family takes `scales`).
+
+        `scales` is a comma-separated list; it defaults to all of SCALES.
+        """
+        try:
+            scale_list = [float(s) for s in scales.split(",")] if scales else list(SCALES)
+        except ValueError:
+            raise UserInputError(f"cannot read scales {scales!r}: use e.g. 1,1.6,3.5") from None
+        feats = []
+        for token in filter(None, (t.strip() for t in text.split(","))):
+            family, _, scale = token.partition("@")
+            if scale:
+                try:
+                    feats.append(Feature(family, float(scale)))
+                except ValueError as e:
+                    if isinstance(e, UserInputError):
+                        raise
+                    raise UserInputError(f"cannot read feature {token!r}") from None
+            else:
+                feats += cls.from_grid([family], scale_list).features
+        return cls(tuple(feats))
+
+    def to_json(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @classmethod
+    def from_json(cls, names: list[str]) -> FeatureSpec:
+        return cls.parse(",".join(names))
+
+    def n_features(self, n_channels: int, ndim: int) -> int:
+        return n_channels * sum(f.n_outputs(ndim) for f in self.features)
+
+    def names(self, n_channels: int, ndim: int) -> list[str]:
+        out = []
+        for c in range(n_channels):
+            for f in self.features:
+                n = f.n_outputs(ndim)
+                suffix = [f" ev{i}" for i in range(n)] if n > 1 else [""]
+                out += [f"ch{c} {f.name}{s}" for s in suffix]
+        return out
+
+    def halo(self, spacing=None, ndim: int = 2) -> tuple[int, ...]:
+        """Largest reach of any feature, per spatial axis, in pixels."""
+        rel = relative_spacing(spacing, ndim)
+        return tuple(
+            int(v)
+            for v in np.max([f.halo(f.scale / rel) for f in self.features], axis=0)
+        )
+
+
+def relative_spacing(spacing, ndim: int) -> np.ndarray:
+    """Voxel size divided by the finest one (all ones when isotropic)."""
+    if spacing is None:
+        return np.ones(ndim)
+    s = np.asarray(spacing, dtype=float)
+    if s.shape != (ndim,) or not np.all(s > 0) or not np.all(np.isfinite(s)):
+        raise UserInputError(
+            f"voxel size must be {ndim} positive numbers, got {list(np.ravel(s))}"
+        )
+    return s / s.min()
+
+
+def as_channels_first(image, channel_axis: int | None) -> np.ndarray:
+    """Return (C, *spatial) float32, validating what pixel features need."""
+    img = np.asarray(image)
+    if img.dtype == bool:
+        img = img.astype(np.uint8)
+    if not (np.issubdtype(img.dtype, np.number)) or np.iscomplexobj(img):
+        raise UserInputError(f"image must be real numbers, got dtype {img.dtype}")
+    if channel_axis is None:
+        img = img[None]
+    else:
+        if not -img.ndim <= channel_axis < img.ndim:
+            raise UserInputError(
+                f"channel axis {channel_axis} does not exist in an image of shape {img.shape}"
+            )
+        img = np.moveaxis(img, channel_axis, 0)
+    if img.ndim - 1 not in (2, 3):
+        raise UserInputError(
+            f"expected a 2D or 3D image (plus optional channels), got shape {np.shape(image)}"
+        )
+    if min(img.shape[1:]) < 2:
+        raise UserInputError(f"image of shape {np.shape(image)} is too small")
+    img = img.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(img)):
+        raise UserInputError("image contains NaN or infinite values; replace them first")
+    return img
+
+
+def _d1(a, axis, step):
+    return ndi.correlate1d(a, [-0.5, 0.0, 0.5], axis=axis, mode="nearest") / step
+
+
+def _d2(a, axis, step):
+    return ndi.correlate1d(a, [1.0, -2.0, 1.0], axis=axis, mode="nearest") / step**2
+
+
+def _symmetric_eigenvalues(t: dict, ndim: int) -> list[np.ndarray]:
+    """Eigenvalues (descending) of a field of symmetric matrices t[(i, j)]."""
+    if ndim == 2:
+        a, b, c = t[0, 0], t[0, 1], t[1, 1]
+        mean = (a + c) / 2
+        r = np.sqrt(((a - c) / 2) ** 2 + b**2)
+        return [mean + r, mean - r]
+    m = np.empty(t[0, 0].shape + (3, 3), np.float32)
+    for i in range(3):
+        for j in range(i, 3):
+            m[..., i, j] = m[..., j, i] = t[i, j]
+    ev = np.linalg.eigvalsh(m)
+    return [ev[..., 2], ev[..., 1], ev[..., 0]]
+
+
+def _scale_outputs(img, scale, families, rel):
+    """All requested families at one scale for one channel, by family."""
+    ndim = img.ndim
+    sig = scale / rel
+    g = ndi.gaussian_filter(img, sig, truncate=TRUNCATE)
+    out = {}
+    if "gaussian" in families:
+        out["gaussian"] = [g]
+    if "dog" in families:
+        out["dog"] = [g - ndi.gaussian_filter(img, sig * DOG_RATIO, truncate=TRUNCATE)]
+    if {"gradient", "structure_tensor"} & families:
+        grad = [_d1(g, ax, rel[ax]) for ax in range(ndim)]
+        if "gradient" in families:
+            out["gradient"] = [np.sqrt(sum(d * d for d in grad))]
+        if "structure_tensor" in families:
+            st = {
+                (i, j): ndi.gaussian_filter(grad[i] * grad[j], sig * OUTER_RATIO, truncate=TRUNCATE)
+                for i in range(ndim)
+                for j in range(i, ndim)
+            }
+            out["structure_tensor"] = _symmetric_eigenvalues(st, ndim)
+    if {"log", "hessian"} & families:
+        hess = {(i, i): _d2(g, i, rel[i]) for i in range(ndim)}
+        if "log" in families:
+            out["log"] = [sum(hess[i, i] for i in range(ndim))]
+        if "hessian" in families:
+            for i in range(ndim):
+                di = _d1(g, i, rel[i])
+                for j in range(i + 1, ndim):
+                    hess[i, j] = _d1(di, j, rel[j])
+            out["hessian"] = _symmetric_eigenvalues(hess, ndim)
+    return out
+
+
+def compute_features(image, spec: FeatureSpec, spacing=None, channel_axis=None) -> np.ndarray:
+    """Feature stack (F, *spatial) float32, F = spec.n_features(C, ndim)."""
+    img = as_channels_first(image, channel_axis)
+    return compute_features_cf(img, spec, spacing)
+
+
+def compute_features_cf(img: np.ndarray, spec: FeatureSpec, spacing=None) -> np.ndarray:
+    """Same as compute_features for an already validated (C, *spatial) float32 array."""
+    n_channels, spatial = img.shape[0], img.shape[1:]
+    ndim = len(spatial)
+    rel = relative_spacing(spacing, ndim)
+    out = np.empty((spec.n_features(n_channels, ndim),) + spatial, np.float32)
+    by_scale: dict[float, set] = {}
+    for f in spec.features:
+        by_scale.setdefault(f.scale, set()).add(f.family)
+    # Offsets of each feature's outputs, in spec order, within one channel.
+    per_channel = spec.n_features(1, ndim)
+    offsets, k = {}, 0
+    for f in spec.features:
+        offsets[f] = k
+        k += f.n_outputs(ndim)
+
+    def run(job):
+        c, scale, families = job
+        for family, arrays in _scale_outputs(img[c], scale, families, rel).items():
+            start = c * per_channel + offsets[Feature(family, scale)]
+            for i, a in enumerate(arrays):
+                out[start + i] = a
+
+    jobs = [(c, s, fam) for c in range(n_channels) for s, fam in by_scale.items()]
+    # scipy and numpy release the GIL for most of the work: threads help.
+    workers = min(len(jobs), n_threads())
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(run, jobs))
+    else:
+        for job in jobs:
+            run(job)
+    return out
+
+
+def n_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,38 @@
+"""Foreground masks to instance labels: split touching objects.
+
+Seeded watershed on the distance transform: each object's seed is a
+regional maximum of the (lightly smoothed) distance to the background that
+stands at least `h` above its surroundings, so two touching round nuclei get
+two seeds while a single elongated one keeps one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def instances_from_mask(mask: np.ndarray, spacing=None, h: float = 1.5,
+                        min_size: int = 8) -> np.ndarray:
+    """Instance ids (0 = background) for a boolean foreground mask."""
+    from skimage.morphology import h_maxima, remove_small_objects
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    if min_size > 1:
+        mask = remove_small_objects(mask, max_size=min_size - 1)
+    dist = ndi.distance_transform_edt(mask, sampling=spacing)
+    smooth = ndi.gaussian_filter(dist, 1.0)
+    seeds, _ = ndi.label(h_maxima(smooth, h) & mask)
+    labels = watershed(-smooth, seeds, mask=mask)
+    # Objects too small to hold a seed of their own still count as objects.
+    orphans, n = ndi.label(mask & (labels == 0))
+    if n:
+        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    return labels.astype(np.int32)
+
+
+def instances_from_segmentation(seg: np.ndarray, foreground: int, spacing=None, **kw) -> np.ndarray:
+    return instances_from_mask(np.asarray(seg) == foreground, spacing=spacing, **kw)
