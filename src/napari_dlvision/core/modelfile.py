@@ -42,7 +42,12 @@ def save(path, metadata: dict, arrays: dict[str, np.ndarray], extra: dict[str, b
     return path
 
 
-def load(path, kinds: tuple[str, ...] | None = None):
+def read_metadata(path) -> dict:
+    """The JSON description alone, validated like `load` does."""
+    return load(path, arrays=False)[0]
+
+
+def load(path, kinds: tuple[str, ...] | None = None, arrays: bool = True):
     """Return (metadata, arrays, extra members) or raise ModelFileError."""
     path = Path(path)
     if not path.is_file():
@@ -64,11 +69,13 @@ def load(path, kinds: tuple[str, ...] | None = None):
                 raise ModelFileError(
                     f"{path} holds a {meta.get('kind')!r} model, expected {' or '.join(kinds)}"
                 )
+            if not arrays:
+                return meta, {}, {}
             with np.load(io.BytesIO(zf.read("arrays.npz")), allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
+                data = {k: npz[k] for k in npz.files}
             extra = {n: zf.read(n) for n in names - {"model.json", "arrays.npz"}}
     except ModelFileError:
         raise
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as e:
         raise ModelFileError(f"{path} is not a readable napari-dlvision model ({e})") from None
-    return meta, arrays, extra
+    return meta, data, extra
