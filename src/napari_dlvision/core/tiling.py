@@ -91,24 +91,28 @@ class FeatureTiles:
                 self._cache.popitem(last=False)
         return feats
 
-    def training_data(self, labels: np.ndarray):
-        """(X, y) of every labelled pixel; y holds label ids 1..K."""
+    def iter_training_data(self, labels: np.ndarray):
+        """Yield (tiles done, tiles total, X, y) for each tile holding labels.
+
+        X (N, F) are features of labelled pixels, y (N,) their label ids.
+        """
         labels = np.asarray(labels)
         if labels.shape != self.shape:
             raise UserInputError(
                 f"labels have shape {labels.shape} but the image has {self.shape}"
             )
-        xs, ys = [], []
-        for i, core in enumerate(self.tiles):
+        todo = [(i, core) for i, core in enumerate(self.tiles) if labels[core].any()]
+        for n, (i, core) in enumerate(todo, 1):
             lab = labels[core]
             mask = lab > 0
-            if not mask.any():
-                continue
-            xs.append(self.features(i)[mask])
-            ys.append(lab[mask])
-        if not xs:
+            yield n, len(todo), self.features(i)[mask], lab[mask].astype(np.int64)
+
+    def training_data(self, labels: np.ndarray):
+        """(X, y) of every labelled pixel; y holds label ids 1..K."""
+        parts = [(x, y) for _, _, x, y in self.iter_training_data(labels)]
+        if not parts:
             return np.zeros((0, self.n_features), np.float32), np.zeros(0, np.int64)
-        return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def blocks(self, focus=None):
         """(tile index, block slices) pairs, blocks nearest `focus` first.

@@ -1,0 +1,34 @@
+"""Offline sample data for File > Open Sample > DL Vision."""
+
+from __future__ import annotations
+
+from .data.synthetic import nuclei
+
+
+def _nuclei_layers(sample, name, scale=None):
+    kw = {} if scale is None else {"scale": scale}
+    return [
+        (sample.image, {"name": name, **kw}, "image"),
+        (sample.instances, {"name": f"{name} ground truth", "visible": False, **kw}, "labels"),
+        (sample.scribbles, {"name": f"{name} annotations", **kw}, "labels"),
+    ]
+
+
+def nuclei_2d():
+    return _nuclei_layers(nuclei((512, 512), seed=1), "nuclei")
+
+
+def nuclei_3d():
+    return _nuclei_layers(nuclei((32, 128, 128), radius=(7.0, 11.0), seed=2), "nuclei 3d")
+
+
+def coins():
+    from skimage import data
+
+    return [(data.coins(), {"name": "coins"}, "image")]
+
+
+def cell():
+    from skimage import data
+
+    return [(data.cell(), {"name": "cell"}, "image")]

@@ -1,0 +1,536 @@
+"""Dock widget: paint sparse labels, train a random forest, see it live.
+
+Thin by design: it reads layers, runs `core.live` generators in a napari
+thread worker, and writes results into its own output layers on the main
+thread. The user's annotation layer is only ever read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import create_widget
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView, QCheckBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout,
+    QHeaderView, QLabel, QProgressBar, QPushButton, QSpinBox, QTableWidget,
+    QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from ..core.errors import UserInputError
+from ..core.features import FAMILIES, FAMILY_TITLES, SCALES, FeatureSpec
+from ..core.pixel_classifier import PixelClassifier, segmentation, uncertainty
+
+log = logging.getLogger(__name__)
+LIVE_DELAY_MS = 150  # wait this long after a stroke before retraining
+REFRESH_S = 0.15  # redraw output layers at most this often while predicting
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a notification; tracebacks go to the log only."""
+    if isinstance(exc, UserInputError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory: try fewer features, or a smaller image"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _drain(gen):
+    """Generator function wrapping a generator, as napari's workers want."""
+    yield from gen
+
+
+class PixelClassifierWidget(QWidget):
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.classifier: PixelClassifier | None = None
+        self.worker = None
+        self.last_error: str | None = None
+        self._tiles = None
+        self._tiles_key = None
+        self._restart = None  # action to run once the current worker ends
+        self._outputs: dict[str, object] = {}
+        self._last_refresh = 0.0
+        self._watched = None
+
+        self.image_combo = create_widget(annotation=Image, label="Image")
+        self.labels_combo = create_widget(annotation=Labels, label="Annotations")
+        self.apply_combo = create_widget(annotation=Image, label="Apply to")
+        self._build()
+        self.viewer.layers.events.inserted.connect(self.reset_choices)
+        self.viewer.layers.events.removed.connect(self.reset_choices)
+        self.labels_combo.changed.connect(self._watch_labels)
+        self.reset_choices()
+
+    # -- layout -----------------------------------------------------------
+    def _build(self):
+        lay = QVBoxLayout(self)
+        grid = QGridLayout()
+        grid.addWidget(QLabel("Image"), 0, 0)
+        grid.addWidget(self.image_combo.native, 0, 1)
+        grid.addWidget(QLabel("Annotations"), 1, 0)
+        grid.addWidget(self.labels_combo.native, 1, 1)
+        self.new_labels_btn = QPushButton("New")
+        self.new_labels_btn.setToolTip("Add an empty annotation layer for the chosen image")
+        self.new_labels_btn.clicked.connect(self.new_annotation_layer)
+        grid.addWidget(self.new_labels_btn, 1, 2)
+        lay.addLayout(grid)
+
+        self.class_table = QTableWidget(2, 2)
+        self.class_table.setHorizontalHeaderLabels(["Class", "Labelled pixels"])
+        self.class_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.class_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.class_table.setMinimumHeight(110)
+        self.class_table.setMaximumHeight(160)
+        self.class_table.cellClicked.connect(self._select_class)
+        self._set_class_rows(["background", "foreground"])
+        lay.addWidget(self.class_table)
+        add_class = QPushButton("Add class")
+        add_class.clicked.connect(lambda: self._set_class_rows(self.class_names() + [f"class {self.class_table.rowCount() + 1}"]))
+        lay.addWidget(add_class)
+
+        feats = QGroupBox("Features (family x scale)")
+        fgrid = QGridLayout(feats)
+        self.feature_boxes: dict[tuple[str, float], QCheckBox] = {}
+        for j, s in enumerate(SCALES):
+            fgrid.addWidget(QLabel(f"{s:g}"), 0, j + 1, alignment=Qt.AlignmentFlag.AlignCenter)
+        default = set(FeatureSpec.default().features)
+        for i, fam in enumerate(FAMILIES):
+            fgrid.addWidget(QLabel(FAMILY_TITLES[fam]), i + 1, 0)
+            for j, s in enumerate(SCALES):
+                box = QCheckBox()
+                if fam != "gaussian" and s < 0.5:
+                    box.setEnabled(False)
+                box.setChecked(any(f.family == fam and f.scale == s for f in default))
+                self.feature_boxes[fam, s] = box
+                fgrid.addWidget(box, i + 1, j + 1, alignment=Qt.AlignmentFlag.AlignCenter)
+        lay.addWidget(feats)
+
+        forest = QHBoxLayout()
+        forest.addWidget(QLabel("Trees"))
+        self.trees_spin = QSpinBox(minimum=1, maximum=1000, value=100)
+        forest.addWidget(self.trees_spin)
+        forest.addWidget(QLabel("Max depth (0 = none)"))
+        self.depth_spin = QSpinBox(minimum=0, maximum=100, value=0)
+        forest.addWidget(self.depth_spin)
+        lay.addLayout(forest)
+
+        self.instances_check = QCheckBox("Instances of the last class (split touching objects)")
+        self.instances_check.setChecked(True)
+        lay.addWidget(self.instances_check)
+
+        run = QHBoxLayout()
+        self.train_btn = QPushButton("Train and predict")
+        self.train_btn.clicked.connect(self.train)
+        run.addWidget(self.train_btn)
+        self.live_check = QCheckBox("Live update")
+        self.live_check.setToolTip("Retrain after every stroke, the visible region first")
+        run.addWidget(self.live_check)
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setEnabled(False)
+        self.stop_btn.clicked.connect(self.stop)
+        run.addWidget(self.stop_btn)
+        lay.addLayout(run)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.status = QLabel("Paint a few strokes of each class, then train.")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+
+        files = QHBoxLayout()
+        save = QPushButton("Save classifier…")
+        save.clicked.connect(self._save_dialog)
+        load = QPushButton("Load classifier…")
+        load.clicked.connect(self._load_dialog)
+        files.addWidget(save)
+        files.addWidget(load)
+        lay.addLayout(files)
+
+        apply = QHBoxLayout()
+        apply.addWidget(self.apply_combo.native)
+        apply_btn = QPushButton("Apply to layer")
+        apply_btn.clicked.connect(lambda: self.apply_to_layer(self.apply_combo.value))
+        apply.addWidget(apply_btn)
+        folder_btn = QPushButton("Apply to folder…")
+        folder_btn.clicked.connect(self._folder_dialog)
+        apply.addWidget(folder_btn)
+        lay.addLayout(apply)
+        lay.addStretch()
+
+        self._live_timer = QTimer(self, singleShot=True, interval=LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(self._live_retrain)
+
+    def reset_choices(self, *_):
+        for combo in (self.image_combo, self.labels_combo, self.apply_combo):
+            combo.reset_choices()
+
+    # -- classes ----------------------------------------------------------
+    def class_names(self) -> list[str]:
+        return [
+            (self.class_table.item(r, 0).text().strip() if self.class_table.item(r, 0) else "") or f"class {r + 1}"
+            for r in range(self.class_table.rowCount())
+        ]
+
+    def _set_class_rows(self, names):
+        self.class_table.setRowCount(len(names))
+        for r, name in enumerate(names):
+            self.class_table.setItem(r, 0, QTableWidgetItem(name))
+            count = QTableWidgetItem("0")
+            count.setFlags(count.flags() & ~Qt.ItemFlag.ItemIsEditable)
+            self.class_table.setItem(r, 1, count)
+        self.update_counts()
+
+    def _select_class(self, row, _col):
+        layer = self.labels_combo.value
+        if layer is not None:
+            layer.selected_label = row + 1
+
+    def update_counts(self):
+        layer = self.labels_combo.value
+        if layer is None:
+            return
+        counts = np.bincount(np.asarray(layer.data).ravel().astype(np.int64, copy=False))
+        if len(counts) - 1 > self.class_table.rowCount():
+            names = self.class_names()
+            self._set_class_rows(names + [f"class {k}" for k in range(len(names) + 1, len(counts))])
+            return
+        for r in range(self.class_table.rowCount()):
+            n = int(counts[r + 1]) if r + 1 < len(counts) else 0
+            self.class_table.item(r, 1).setText(str(n))
+
+    # -- layers -----------------------------------------------------------
+    def new_annotation_layer(self):
+        image = self.image_combo.value
+        if image is None:
+            return self._error("open an image first")
+        shape = image.data.shape[:-1] if image.rgb else image.data.shape
+        layer = self.viewer.add_labels(
+            np.zeros(shape, np.uint8), name=f"{image.name} annotations",
+            scale=image.scale[-len(shape):], translate=image.translate[-len(shape):],
+        )
+        layer.brush_size = 5
+        layer.mode = "paint"
+        layer.selected_label = 1
+        self.reset_choices()
+        self.labels_combo.value = layer
+        return layer
+
+    def _watch_labels(self, *_):
+        if self._watched is not None:
+            self._watched.events.paint.disconnect(self._on_paint)
+            self._watched.events.data.disconnect(self._on_paint)
+        self._watched = self.labels_combo.value
+        if self._watched is not None:
+            self._watched.events.paint.connect(self._on_paint)
+            self._watched.events.data.connect(self._on_paint)
+            self.update_counts()
+
+    def _on_paint(self, *_):
+        # napari's paint payload changed across versions: re-read data later.
+        self._live_timer.start()
+
+    def _live_retrain(self):
+        self.update_counts()
+        if self.live_check.isChecked():
+            self.train()
+
+    def _output(self, image: Image, kind: str, data: np.ndarray):
+        """The output layer `<image> <kind>`, created or reused in place."""
+        name = f"{image.name} {kind}"
+        spatial = image.data.ndim - (1 if image.rgb else 0)
+        kw = dict(scale=image.scale[-spatial:], translate=image.translate[-spatial:])
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is not None and layer.data.shape == data.shape and layer.data.dtype == data.dtype:
+            layer.data[...] = data
+            return layer
+        if layer is not None:
+            self.viewer.layers.remove(layer)
+        if kind in ("segmentation", "instances"):
+            layer = self.viewer.add_labels(data, name=name, opacity=0.5, visible=kind == "segmentation", **kw)
+        else:
+            cmap = "magma" if kind.startswith("probability") else "inferno"
+            layer = self.viewer.add_image(data, name=name, colormap=cmap, visible=False,
+                                          contrast_limits=(0, 1), **kw)
+        # Keep the user's annotations drawn on top and selected for painting.
+        labels = self.labels_combo.value
+        if labels is not None and labels in self.viewer.layers:
+            self.viewer.layers.move(self.viewer.layers.index(labels), len(self.viewer.layers))
+            self.viewer.layers.selection.active = labels
+        return layer
+
+    # -- settings ---------------------------------------------------------
+    def feature_spec(self) -> FeatureSpec:
+        chosen = [(f, s) for (f, s), box in self.feature_boxes.items() if box.isChecked()]
+        return FeatureSpec.from_grid([], []) if not chosen else FeatureSpec.parse(
+            ",".join(f"{f}@{s:g}" for f, s in chosen)
+        )
+
+    def set_feature_spec(self, spec: FeatureSpec):
+        for (f, s), box in self.feature_boxes.items():
+            box.setChecked(any(x.family == f and x.scale == s for x in spec.features))
+
+    def _image_input(self, image: Image):
+        """(data, channel_axis, spacing) of an image layer, as the core wants them."""
+        data = np.asarray(image.data)
+        axis = -1 if image.rgb else None
+        spatial = data.ndim - (1 if image.rgb else 0)
+        spacing = tuple(float(s) for s in image.scale[-spatial:])
+        return data, axis, (None if len(set(spacing)) == 1 else spacing)
+
+    def _feature_tiles(self, clf: PixelClassifier, image: Image, training: bool):
+        data, axis, spacing = self._image_input(image)
+        key = (id(image), id(image.data), clf.spec, spacing)
+        if key != self._tiles_key:
+            # Features of a new image or feature set: drop the old cache first.
+            self._tiles = None
+            self._tiles = clf.feature_tiles(data, axis, spacing, cache_bytes=2 << 30, training=training)
+            self._tiles_key = key
+        return self._tiles
+
+    def _visible_box(self, image: Image, spatial_shape):
+        """Box of data pixels on screen, to predict first; None when unknown."""
+        try:
+            canvas = getattr(self.viewer, "canvas", None)  # napari >= 0.6
+            size = np.asarray(canvas.size if canvas is not None else self.viewer._canvas_size, float)
+            zoom = float(self.viewer.camera.zoom)
+            centre = np.asarray(self.viewer.camera.center)[-2:]
+            half = size / zoom / 2
+            lo = image.world_to_data(np.r_[self.viewer.dims.point[:-2], centre - half])
+            hi = image.world_to_data(np.r_[self.viewer.dims.point[:-2], centre + half])
+        except Exception:  # private canvas size or odd dims: predict in order
+            return None
+        lo, hi = np.asarray(lo)[-len(spatial_shape):], np.asarray(hi)[-len(spatial_shape):]
+        box = []
+        for a, b, n in zip(lo, hi, spatial_shape):
+            a, b = sorted((a, b))
+            if a == b:  # a sliced axis: the current plane
+                a, b = a - 0.5, a + 1.5
+            box.append((int(np.clip(np.floor(a), 0, n)), int(np.clip(np.ceil(b), 0, n))))
+        return tuple(box)
+
+    # -- actions ----------------------------------------------------------
+    def train(self):
+        """Fit a new forest on the current annotations and predict the image."""
+        if self.worker is not None:
+            self._restart = self.train
+            self.worker.quit()
+            return
+        image, labels = self.image_combo.value, self.labels_combo.value
+        try:
+            if image is None:
+                raise UserInputError("open an image first")
+            if labels is None:
+                raise UserInputError("add an annotation layer (New) and paint some strokes")
+            from ..core.live import train_and_predict
+
+            clf = PixelClassifier(self.feature_spec(), self.trees_spin.value(),
+                                  self.depth_spin.value() or None, self.class_names())
+            tiles = self._feature_tiles(clf, image, training=True)
+            # A snapshot: painting may go on while the worker reads.
+            snapshot = np.array(labels.data)
+            if snapshot.shape != tiles.shape:
+                raise UserInputError(
+                    f"annotations {labels.name!r} have shape {snapshot.shape} "
+                    f"but image {image.name!r} has {tiles.shape}"
+                )
+            self.update_counts()
+            instances_of = self._instances_class(snapshot)
+            focus = self._visible_box(image, tiles.shape)
+        except UserInputError as e:
+            return self._error(str(e))
+        self._start(train_and_predict(clf, tiles, snapshot, focus, instances_of), image, clf, tiles.shape)
+
+    def _instances_class(self, labels=None):
+        if not self.instances_check.isChecked():
+            return None
+        top = int(labels.max()) if labels is not None and labels.size else 0
+        return max(top, len(self.class_names()))
+
+    def apply_to_layer(self, image: Image | None):
+        """Predict another image layer with the current classifier."""
+        if self.worker is not None:
+            return self._error("wait for the running job, or press Stop")
+        try:
+            if self.classifier is None:
+                raise UserInputError("train or load a classifier first")
+            if image is None:
+                raise UserInputError("choose an image layer to apply the classifier to")
+            from ..core.live import predict_events
+
+            data, axis, spacing = self._image_input(image)
+            tiles = self.classifier.feature_tiles(data, axis, spacing)
+            focus = self._visible_box(image, tiles.shape)
+            fg = self.classifier.n_classes if self.instances_check.isChecked() else None
+        except UserInputError as e:
+            return self._error(str(e))
+        self._start(predict_events(self.classifier, tiles, focus, fg), image, self.classifier, tiles.shape)
+
+    def apply_to_folder(self, in_dir, out_dir):
+        """Predict every image file of a folder, writing TIFFs to out_dir."""
+        if self.worker is not None:
+            return self._error("wait for the running job, or press Stop")
+        try:
+            if self.classifier is None:
+                raise UserInputError("train or load a classifier first")
+            from ..core.batch import iter_predict_folder
+            from ..core.io import list_images
+
+            files = list_images(in_dir)
+        except UserInputError as e:
+            return self._error(str(e))
+        wanted = ["segmentation", "probabilities"] + (["instances"] if self.instances_check.isChecked() else [])
+        gen = iter_predict_folder(self.classifier, files, out_dir, wanted)
+        self._start(gen, None, self.classifier, folder=True)
+
+    def stop(self):
+        self._restart = None
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.setText("Stopping…")
+
+    def save_classifier(self, path) -> Path | None:
+        try:
+            if self.classifier is None:
+                raise UserInputError("train or load a classifier first")
+            path = self.classifier.save(path)
+        except (UserInputError, OSError) as e:
+            return self._error(f"could not save: {describe_error(e)}")
+        show_info(f"saved classifier to {path}")
+        return path
+
+    def load_classifier(self, path) -> PixelClassifier | None:
+        try:
+            clf = PixelClassifier.load(path)
+        except UserInputError as e:
+            return self._error(str(e))
+        self.classifier = clf
+        self.set_feature_spec(clf.spec)
+        self.trees_spin.setValue(clf.n_trees)
+        self.depth_spin.setValue(clf.max_depth or 0)
+        names = clf.class_names + self.class_names()[len(clf.class_names):]
+        self._set_class_rows(names)
+        self.status.setText(f"Loaded {Path(path).name}: {clf.n_classes} classes, {len(clf.spec.features)} features.")
+        return clf
+
+    # -- worker plumbing --------------------------------------------------
+    def _start(self, gen, image, clf, shape=None, folder=False):
+        self.last_error = None
+        self._job = {"image": image, "clf": clf, "shape": shape, "folder": folder, "t0": time.perf_counter()}
+        # Connecting "errored" here stops napari from re-raising in the event loop.
+        worker = create_worker(
+            _drain, gen, _start_thread=False,
+            _connect={"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished},
+        )
+        self.worker = worker
+        self.stop_btn.setEnabled(True)
+        self.progress.setValue(0)
+        worker.start()
+
+    def _on_event(self, ev):
+        job = self._job
+        if job["folder"]:
+            done, total, path = ev
+            self.progress.setValue(int(100 * done / total))
+            self.status.setText(f"Predicted {path.name} ({done}/{total})")
+            job["complete"] = done == total
+            return
+        stage = ev.stage
+        self.status.setText({
+            "features": "Computing features of labelled tiles…",
+            "training": "Training the forest…",
+            "predicting": "Predicting, visible region first…",
+            "instances": "Splitting touching objects…",
+            "done": "Done.",
+        }[stage])
+        if stage == "predicting":
+            self.progress.setValue(int(100 * ev.done / ev.total))
+            self._write_block(job, ev)
+        elif stage == "instances" and ev.instances is not None:
+            self._output(job["image"], "instances", ev.instances)
+        elif stage == "done":
+            job["complete"] = True
+            self.classifier = job["clf"]
+            self.progress.setValue(100)
+            self._refresh_outputs(force=True)
+            secs = time.perf_counter() - job["t0"]
+            counts = ", ".join(f"{n}" for n in job["clf"].training.get("pixels_per_class", {}).values())
+            self.status.setText(f"Done in {secs:.2f} s" + (f" (trained on {counts} pixels per class)." if counts else "."))
+
+    def _write_block(self, job, ev):
+        image = job["image"]
+        if "layers" not in job:
+            n_classes, shape = ev.probabilities.shape[0], job["shape"]
+            names = job["clf"].class_names
+            # One 2D/3D layer per class: a stacked layer would add a dims slider.
+            layers = {
+                f"probability {k}": self._output(image, f"probability {names[k]}", np.zeros(shape, np.float32))
+                for k in range(n_classes)
+            }
+            layers["segmentation"] = self._output(image, "segmentation", np.zeros(shape, np.uint8 if n_classes < 255 else np.uint16))
+            layers["uncertainty"] = self._output(image, "uncertainty", np.zeros(shape, np.float32))
+            job["layers"] = layers
+        layers = job["layers"]
+        p = ev.probabilities
+        for k in range(p.shape[0]):
+            layers[f"probability {k}"].data[ev.block] = p[k]
+        layers["segmentation"].data[ev.block] = segmentation(p)
+        layers["uncertainty"].data[ev.block] = uncertainty(p)
+        self._refresh_outputs(force=ev.done == ev.total)
+
+    def _refresh_outputs(self, force=False):
+        now = time.perf_counter()
+        if not force and now - self._last_refresh < REFRESH_S:
+            return
+        self._last_refresh = now
+        for layer in self._job.get("layers", {}).values():
+            if layer in self.viewer.layers:
+                layer.refresh()
+
+    def _on_error(self, exc):
+        if not isinstance(exc, (UserInputError, MemoryError)):
+            log.error("pixel classifier job failed", exc_info=exc)
+        self._error(describe_error(exc))
+
+    def _on_finished(self):
+        self.worker = None
+        self.stop_btn.setEnabled(False)
+        if "layers" in self._job:
+            self._refresh_outputs(force=True)
+        if not self._job.get("complete") and self.last_error is None:
+            self.status.setText("Stopped.")
+        restart, self._restart = self._restart, None
+        if restart is not None:
+            restart()
+
+    def _error(self, message: str):
+        self.last_error = message
+        self.status.setText(message)
+        show_error(message)
+        return None
+
+    # -- dialogs (thin: the methods above do the work and are tested) -----
+    def _save_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save classifier", "classifier.dlv", "Models (*.dlv)")
+        if path:
+            self.save_classifier(path)
+
+    def _load_dialog(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Load classifier", "", "Models (*.dlv);;All files (*)")
+        if path:
+            self.load_classifier(path)
+
+    def _folder_dialog(self):
+        src = QFileDialog.getExistingDirectory(self, "Folder of images to segment")
+        if not src:
+            return
+        dst = QFileDialog.getExistingDirectory(self, "Folder for the results")
+        if dst:
+            self.apply_to_folder(src, dst)
