@@ -1,0 +1,112 @@
+"""The `dlvision` command, run as a user would: a subprocess on real files."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_dlvision.core.metrics import iou
+
+
+def dlvision(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "napari_dlvision.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )
+
+
+@pytest.fixture
+def files(tmp_path, sample2d):
+    tifffile.imwrite(tmp_path / "img.tif", sample2d.image)
+    tifffile.imwrite(tmp_path / "lab.tif", sample2d.scribbles)
+    return tmp_path
+
+
+@pytest.fixture
+def model(files):
+    r = dlvision("train", "rf", "--image", files / "img.tif", "--labels", files / "lab.tif",
+                 "--out", files / "m.dlv", "--trees", 30, "--class-names", "background,nucleus")
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout
+    return files / "m.dlv"
+
+
+def test_train_then_predict_all_outputs(files, model, sample2d):
+    r = dlvision("predict", "--model", model, "--image", files / "img.tif", "--out", files / "seg.tif",
+                 "--probabilities", files / "p.tif", "--uncertainty", files / "u.tif",
+                 "--instances", files / "i.tif")
+    assert r.returncode == 0, r.stderr
+    seg = tifffile.imread(files / "seg.tif")
+    assert seg.shape == sample2d.image.shape and seg.dtype == np.uint8
+    assert iou(seg == 2, sample2d.foreground) > 0.9
+    assert tifffile.imread(files / "p.tif").shape == (2,) + sample2d.image.shape
+    assert tifffile.imread(files / "u.tif").dtype == np.float32
+    inst = tifffile.imread(files / "i.tif")
+    assert inst.max() > 10
+
+
+def test_info_prints_json(model):
+    r = dlvision("info", model)
+    meta = json.loads(r.stdout)
+    assert meta["kind"] == "pixel-random-forest" and meta["class_names"] == ["background", "nucleus"]
+
+
+def test_feature_subset_and_several_images(files, sample2d):
+    tifffile.imwrite(files / "img2.png", (sample2d.image // 256).astype(np.uint8))
+    r = dlvision("train", "rf", "--image", files / "img.tif", "--labels", files / "lab.tif",
+                 "--image", files / "img2.png", "--labels", files / "lab.tif",
+                 "--features", "gaussian@0.3,hessian,log", "--scales", "1,3.5",
+                 "--out", files / "sub.dlv", "--trees", 10)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(dlvision("info", files / "sub.dlv").stdout)
+    assert meta["features"] == ["gaussian@0.3", "hessian@1", "hessian@3.5", "log@1", "log@3.5"]
+
+
+def test_predict_folder(files, model, sample2d):
+    (files / "in").mkdir()
+    for i in range(3):
+        tifffile.imwrite(files / "in" / f"f{i}.tif", sample2d.image[: 100 + i])
+    r = dlvision("predict", "--model", model, "--image", files / "in", "--out", files / "out",
+                 "--probabilities", files / "out")
+    assert r.returncode == 0, r.stderr
+    assert tifffile.imread(files / "out" / "f2_segmentation.tif").shape == (102, 256)
+    assert (files / "out" / "f0_probabilities.tif").is_file()
+
+
+def _rgb(tmp_path, sample2d):
+    rgb = np.stack([sample2d.image // 256] * 3, axis=-1).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb)
+    return tmp_path / "rgb.tif"
+
+
+@pytest.mark.parametrize(
+    "make_args,message",
+    [
+        (lambda p, m: ["predict", "--model", p / "nope.dlv", "--image", p / "img.tif", "--out", p / "s.tif"], "not found"),
+        (lambda p, m: ["predict", "--model", p / "img.tif", "--image", p / "img.tif", "--out", p / "s.tif"], "not a readable"),
+        (lambda p, m: ["predict", "--model", m, "--image", p / "missing.tif", "--out", p / "s.tif"], "file not found"),
+        (lambda p, m: ["predict", "--model", m, "--image", p / "img.tif", "--out", p / "no" / "s.tif"], "folder does not exist"),
+        (lambda p, m: ["predict", "--model", m, "--image", p / "img.tif", "--out", p / "s.tif", "--foreground", "7"], "--foreground"),
+        (lambda p, m: ["train", "rf", "--image", p / "img.tif", "--labels", p / "zero.tif", "--out", p / "x.dlv"], "nothing is painted"),
+        (lambda p, m: ["train", "rf", "--image", p / "img.tif", "--labels", p / "small.tif", "--out", p / "x.dlv"], "shape"),
+        (lambda p, m: ["train", "rf", "--image", p / "img.tif", "--labels", p / "lab.tif", "--out", p / "x.dlv", "--features", "blur@2"], "unknown feature family"),
+        (lambda p, m: ["train", "rf", "--image", p / "nan.tif", "--labels", p / "lab.tif", "--out", p / "x.dlv"], "NaN"),
+        (lambda p, m: ["predict", "--model", m, "--image", p / "rgb.tif", "--out", p / "s.tif"], "1-channel"),
+    ],
+)
+def test_errors_are_one_readable_line(files, model, sample2d, make_args, message):
+    tifffile.imwrite(files / "zero.tif", np.zeros_like(sample2d.scribbles))
+    tifffile.imwrite(files / "small.tif", sample2d.scribbles[:10])
+    nan = sample2d.image.astype(np.float32)
+    nan[0, 0] = np.nan
+    tifffile.imwrite(files / "nan.tif", nan)
+    _rgb(files, sample2d)
+    r = dlvision(*make_args(files, model))
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dlvision: error:"), r.stderr
+    assert message in lines[0]
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,36 @@
+"""napari start-up stays light: no torch until a model needs it."""
+
+import subprocess
+import sys
+
+
+def _run(code):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_package_import_does_not_import_torch():
+    r = _run("import sys, napari_dlvision; print(napari_dlvision.__version__); "
+             "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules")
+    assert r.returncode == 0, r.stderr
+
+
+def test_napari_with_plugin_docked_does_not_import_torch():
+    r = _run(
+        "import sys, napari\n"
+        "v = napari.Viewer(show=False)\n"
+        "v.open_sample('napari-dlvision', 'nuclei-2d')\n"
+        "v.window.add_plugin_dock_widget('napari-dlvision', 'Pixel classifier (random forest)')\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(len(v.layers))\n"
+        "v.close()\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("3")
+
+
+def test_manifest_is_valid():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-dlvision")
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Pixel classifier (random forest)"}
+    assert {s.key for s in manifest.contributions.sample_data} >= {"nuclei-2d", "nuclei-3d", "coins", "cell"}
