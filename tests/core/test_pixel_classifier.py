@@ -142,3 +142,20 @@ def test_labels_untouched_by_training(sample2d):
 def test_uncertainty_range():
     prob = np.array([[[1.0, 0.5]], [[0.0, 0.5]]], np.float32)
     np.testing.assert_allclose(uncertainty(prob), [[0.0, 1.0]])
+
+
+def test_dask_prediction_equals_in_memory(trained, sample2d):
+    import dask.array as da
+
+    lazy = trained.predict_dask(da.from_array(sample2d.image, chunks=(100, 90)))
+    assert lazy.chunks[1] == (100, 100, 56)
+    np.testing.assert_array_equal(lazy.compute(scheduler="threads"), trained.predict_proba(sample2d.image))
+    with pytest.raises(UserInputError, match="channel"):
+        trained.predict_dask(da.zeros((64, 64, 3), chunks=32), channel_axis=-1)
+
+
+def test_fit_predict_matches_fit_then_predict(sample2d):
+    a = PixelClassifier(n_trees=10)
+    prob = a.fit_predict(sample2d.image, sample2d.scribbles)
+    b = PixelClassifier(n_trees=10).fit(sample2d.image, sample2d.scribbles)
+    np.testing.assert_array_equal(prob, b.predict_proba(sample2d.image))

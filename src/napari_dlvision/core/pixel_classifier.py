@@ -15,7 +15,7 @@ from . import modelfile
 from .errors import ModelFileError, UserInputError
 from .features import FeatureSpec, as_channels_first
 from .forest import TreeEnsemble, fit_forest
-from .tiling import FeatureTiles
+from .tiling import CACHE_BYTES, FeatureTiles
 
 KIND = "pixel-random-forest"
 
@@ -45,6 +45,16 @@ class PixelClassifier:
             xs.append(x)
             ys.append(y)
         return self.fit_xy(np.concatenate(xs), np.concatenate(ys), tiles)
+
+    def fit_predict(self, image, labels, channel_axis=None, spacing=None) -> np.ndarray:
+        """Train on one image and predict all of it, computing features once."""
+        tiles = self.feature_tiles(image, channel_axis, spacing, training=True,
+                                   cache_bytes=CACHE_BYTES)
+        self.fit_xy(*tiles.training_data(_as_labels(labels)), tiles)
+        out = np.empty((self.n_classes,) + tiles.shape, np.float32)
+        for _ in self.iter_predict(tiles, out):
+            pass
+        return out
 
     def fit_xy(self, X, y, tiles: FeatureTiles) -> PixelClassifier:
         """Train on labelled-pixel features gathered from `tiles`' image(s)."""
@@ -122,6 +132,32 @@ class PixelClassifier:
         for _ in self.iter_predict(tiles, out):
             pass
         return out
+
+    def predict_dask(self, image, channel_axis=None, spacing=None, chunks=None):
+        """Lazy probabilities (K, *spatial) of an image larger than memory.
+
+        `image` is anything dask can wrap (a dask array, a memory-mapped
+        TIFF, a zarr array). Each chunk is grown by the feature halo from its
+        neighbours, so the result equals in-memory prediction exactly.
+        """
+        import dask.array as da
+
+        arr = da.asarray(image) if chunks is None else da.from_array(image, chunks=chunks)
+        arr = arr[None] if channel_axis is None else da.moveaxis(arr, channel_axis, 0)
+        arr = arr.rechunk({0: -1})
+        if arr.ndim - 1 != self.ndim or arr.shape[0] != self.n_channels:
+            self._check_compatible(np.empty((arr.shape[0],) + (2,) * (arr.ndim - 1), np.float32))
+        if spacing is None:
+            spacing = self.spacing
+        halo = self.spec.halo(spacing, self.ndim)
+        depth = {0: 0, **{i + 1: h for i, h in enumerate(halo)}}
+        grown = da.overlap.overlap(arr, depth=depth, boundary="none")
+        k = self.n_classes
+        prob = grown.map_blocks(
+            lambda block: self.predict_proba(block, channel_axis=0, spacing=spacing),
+            chunks=((k,),) + grown.chunks[1:], dtype=np.float32,
+        )
+        return da.overlap.trim_internal(prob, depth, boundary="none")
 
     def predict(self, image, channel_axis=None, spacing=None) -> np.ndarray:
         """Segmentation: class ids 1..K per pixel."""

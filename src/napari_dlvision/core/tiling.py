@@ -85,10 +85,10 @@ class FeatureTiles:
         outer, inner = grow(self.tiles[index], self.halo, self.shape)
         feats = compute_features_cf(self.image[(slice(None),) + outer], self.spec, self.spacing)
         feats = np.ascontiguousarray(np.moveaxis(feats[(slice(None),) + inner], 0, -1))
-        if feats.nbytes <= self.cache_bytes:
-            self._cache[index] = feats
-            while sum(a.nbytes for a in self._cache.values()) > self.cache_bytes:
-                self._cache.popitem(last=False)
+        # Always keep the latest tile: prediction walks its blocks one by one.
+        self._cache[index] = feats
+        while len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
         return feats
 
     def iter_training_data(self, labels: np.ndarray):
