@@ -202,12 +202,39 @@ def as_channels_first(image, channel_axis: int | None) -> np.ndarray:
     return img
 
 
+def _along(axis, ndim, sl):
+    return (slice(None),) * axis + (sl,) + (slice(None),) * (ndim - axis - 1)
+
+
 def _d1(a, axis, step):
-    return ndi.correlate1d(a, [-0.5, 0.0, 0.5], axis=axis, mode="nearest") / step
+    """Central difference, edges as if the border pixel repeated.
+
+    Plain slicing: several times faster than correlate1d across rows.
+    """
+    out = np.zeros_like(a)
+    if a.shape[axis] < 2:
+        return out
+    at = lambda sl: _along(axis, a.ndim, sl)  # noqa: E731
+    np.subtract(a[at(slice(2, None))], a[at(slice(None, -2))], out=out[at(slice(1, -1))])
+    np.subtract(a[at(slice(1, 2))], a[at(slice(0, 1))], out=out[at(slice(0, 1))])
+    np.subtract(a[at(slice(-1, None))], a[at(slice(-2, -1))], out=out[at(slice(-1, None))])
+    out *= 0.5 / step
+    return out
 
 
 def _d2(a, axis, step):
-    return ndi.correlate1d(a, [1.0, -2.0, 1.0], axis=axis, mode="nearest") / step**2
+    """Second difference, edges as if the border pixel repeated."""
+    out = np.zeros_like(a)
+    if a.shape[axis] < 2:
+        return out
+    at = lambda sl: _along(axis, a.ndim, sl)  # noqa: E731
+    inner = out[at(slice(1, -1))]
+    np.add(a[at(slice(2, None))], a[at(slice(None, -2))], out=inner)
+    inner -= 2 * a[at(slice(1, -1))]
+    np.subtract(a[at(slice(1, 2))], a[at(slice(0, 1))], out=out[at(slice(0, 1))])
+    np.subtract(a[at(slice(-2, -1))], a[at(slice(-1, None))], out=out[at(slice(-1, None))])
+    out /= step**2
+    return out
 
 
 def _symmetric_eigenvalues(t: dict, ndim: int) -> list[np.ndarray]:
@@ -235,6 +262,7 @@ def _scale_outputs(img, scale, families, rel):
         out["gaussian"] = [g]
     if "dog" in families:
         out["dog"] = [g - ndi.gaussian_filter(img, sig * DOG_RATIO, truncate=TRUNCATE)]
+    grad = None
     if {"gradient", "structure_tensor"} & families:
         grad = [_d1(g, ax, rel[ax]) for ax in range(ndim)]
         if "gradient" in families:
@@ -252,7 +280,7 @@ def _scale_outputs(img, scale, families, rel):
             out["log"] = [sum(hess[i, i] for i in range(ndim))]
         if "hessian" in families:
             for i in range(ndim):
-                di = _d1(g, i, rel[i])
+                di = grad[i] if grad is not None else _d1(g, i, rel[i])
                 for j in range(i + 1, ndim):
                     hess[i, j] = _d1(di, j, rel[j])
             out["hessian"] = _symmetric_eigenvalues(hess, ndim)
