@@ -7,56 +7,35 @@ thread. The user's annotation layer is only ever read.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import create_widget
 from napari.layers import Image, Labels
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView, QCheckBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout,
     QHeaderView, QLabel, QProgressBar, QPushButton, QSpinBox, QTableWidget,
-    QTableWidgetItem, QVBoxLayout, QWidget,
+    QTableWidgetItem, QVBoxLayout,
 )
 
 from ..core.errors import UserInputError
 from ..core.features import FAMILIES, FAMILY_TITLES, SCALES, FeatureSpec
 from ..core.pixel_classifier import PixelClassifier, segmentation, uncertainty
-
-log = logging.getLogger(__name__)
+from ._common import JobWidget, describe_error, image_input, output_layer, visible_box
 LIVE_DELAY_MS = 150  # wait this long after a stroke before retraining
 REFRESH_S = 0.15  # redraw output layers at most this often while predicting
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line for a notification; tracebacks go to the log only."""
-    if isinstance(exc, UserInputError):
-        return str(exc)
-    if isinstance(exc, MemoryError):
-        return "out of memory: try fewer features, or a smaller image"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _drain(gen):
-    """Generator function wrapping a generator, as napari's workers want."""
-    yield from gen
-
-
-class PixelClassifierWidget(QWidget):
+class PixelClassifierWidget(JobWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
         self.classifier: PixelClassifier | None = None
-        self.worker = None
-        self.last_error: str | None = None
         self._tiles = None
         self._tiles_key = None
-        self._restart = None  # action to run once the current worker ends
-        self._outputs: dict[str, object] = {}
         self._last_refresh = 0.0
         self._watched = None
 
@@ -210,7 +189,7 @@ class PixelClassifierWidget(QWidget):
     def new_annotation_layer(self):
         image = self.image_combo.value
         if image is None:
-            return self._error("open an image first")
+            return self.error("open an image first")
         shape = image.data.shape[:-1] if image.rgb else image.data.shape
         layer = self.viewer.add_labels(
             np.zeros(shape, np.uint8), name=f"{image.name} annotations",
@@ -243,28 +222,7 @@ class PixelClassifierWidget(QWidget):
             self.train()
 
     def _output(self, image: Image, kind: str, data: np.ndarray):
-        """The output layer `<image> <kind>`, created or reused in place."""
-        name = f"{image.name} {kind}"
-        spatial = image.data.ndim - (1 if image.rgb else 0)
-        kw = dict(scale=image.scale[-spatial:], translate=image.translate[-spatial:])
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        if layer is not None and layer.data.shape == data.shape and layer.data.dtype == data.dtype:
-            layer.data[...] = data
-            return layer
-        if layer is not None:
-            self.viewer.layers.remove(layer)
-        if kind in ("segmentation", "instances"):
-            layer = self.viewer.add_labels(data, name=name, opacity=0.5, visible=kind == "segmentation", **kw)
-        else:
-            cmap = "magma" if kind.startswith("probability") else "inferno"
-            layer = self.viewer.add_image(data, name=name, colormap=cmap, visible=False,
-                                          contrast_limits=(0, 1), **kw)
-        # Keep the user's annotations drawn on top and selected for painting.
-        labels = self.labels_combo.value
-        if labels is not None and labels in self.viewer.layers:
-            self.viewer.layers.move(self.viewer.layers.index(labels), len(self.viewer.layers))
-            self.viewer.layers.selection.active = labels
-        return layer
+        return output_layer(self.viewer, image, kind, data, on_top=self.labels_combo.value)
 
     # -- settings ---------------------------------------------------------
     def feature_spec(self) -> FeatureSpec:
@@ -277,16 +235,8 @@ class PixelClassifierWidget(QWidget):
         for (f, s), box in self.feature_boxes.items():
             box.setChecked(any(x.family == f and x.scale == s for x in spec.features))
 
-    def _image_input(self, image: Image):
-        """(data, channel_axis, spacing) of an image layer, as the core wants them."""
-        data = np.asarray(image.data)
-        axis = -1 if image.rgb else None
-        spatial = data.ndim - (1 if image.rgb else 0)
-        spacing = tuple(float(s) for s in image.scale[-spatial:])
-        return data, axis, (None if len(set(spacing)) == 1 else spacing)
-
     def _feature_tiles(self, clf: PixelClassifier, image: Image, training: bool):
-        data, axis, spacing = self._image_input(image)
+        data, axis, spacing = image_input(image)
         key = (id(image), id(image.data), clf.spec, spacing)
         if key != self._tiles_key:
             # Features of a new image or feature set: drop the old cache first.
@@ -294,27 +244,6 @@ class PixelClassifierWidget(QWidget):
             self._tiles = clf.feature_tiles(data, axis, spacing, cache_bytes=2 << 30, training=training)
             self._tiles_key = key
         return self._tiles
-
-    def _visible_box(self, image: Image, spatial_shape):
-        """Box of data pixels on screen, to predict first; None when unknown."""
-        try:
-            canvas = getattr(self.viewer, "canvas", None)  # napari >= 0.6
-            size = np.asarray(canvas.size if canvas is not None else self.viewer._canvas_size, float)
-            zoom = float(self.viewer.camera.zoom)
-            centre = np.asarray(self.viewer.camera.center)[-2:]
-            half = size / zoom / 2
-            lo = image.world_to_data(np.r_[self.viewer.dims.point[:-2], centre - half])
-            hi = image.world_to_data(np.r_[self.viewer.dims.point[:-2], centre + half])
-        except Exception:  # private canvas size or odd dims: predict in order
-            return None
-        lo, hi = np.asarray(lo)[-len(spatial_shape):], np.asarray(hi)[-len(spatial_shape):]
-        box = []
-        for a, b, n in zip(lo, hi, spatial_shape):
-            a, b = sorted((a, b))
-            if a == b:  # a sliced axis: the current plane
-                a, b = a - 0.5, a + 1.5
-            box.append((int(np.clip(np.floor(a), 0, n)), int(np.clip(np.ceil(b), 0, n))))
-        return tuple(box)
 
     # -- actions ----------------------------------------------------------
     def train(self):
@@ -343,10 +272,10 @@ class PixelClassifierWidget(QWidget):
                 )
             self.update_counts()
             instances_of = self._instances_class(snapshot)
-            focus = self._visible_box(image, tiles.shape)
+            focus = visible_box(self.viewer, image, tiles.shape)
         except UserInputError as e:
-            return self._error(str(e))
-        self._start(train_and_predict(clf, tiles, snapshot, focus, instances_of), image, clf, tiles.shape)
+            return self.error(str(e))
+        self.start(train_and_predict(clf, tiles, snapshot, focus, instances_of), image=image, clf=clf, shape=tiles.shape)
 
     def _instances_class(self, labels=None):
         if not self.instances_check.isChecked():
@@ -356,8 +285,8 @@ class PixelClassifierWidget(QWidget):
 
     def apply_to_layer(self, image: Image | None):
         """Predict another image layer with the current classifier."""
-        if self.worker is not None:
-            return self._error("wait for the running job, or press Stop")
+        if self.busy():
+            return None
         try:
             if self.classifier is None:
                 raise UserInputError("train or load a classifier first")
@@ -365,18 +294,18 @@ class PixelClassifierWidget(QWidget):
                 raise UserInputError("choose an image layer to apply the classifier to")
             from ..core.live import predict_events
 
-            data, axis, spacing = self._image_input(image)
+            data, axis, spacing = image_input(image)
             tiles = self.classifier.feature_tiles(data, axis, spacing)
-            focus = self._visible_box(image, tiles.shape)
+            focus = visible_box(self.viewer, image, tiles.shape)
             fg = self.classifier.n_classes if self.instances_check.isChecked() else None
         except UserInputError as e:
-            return self._error(str(e))
-        self._start(predict_events(self.classifier, tiles, focus, fg), image, self.classifier, tiles.shape)
+            return self.error(str(e))
+        self.start(predict_events(self.classifier, tiles, focus, fg), image=image, clf=self.classifier, shape=tiles.shape)
 
     def apply_to_folder(self, in_dir, out_dir):
         """Predict every image file of a folder, writing TIFFs to out_dir."""
-        if self.worker is not None:
-            return self._error("wait for the running job, or press Stop")
+        if self.busy():
+            return None
         try:
             if self.classifier is None:
                 raise UserInputError("train or load a classifier first")
@@ -385,16 +314,10 @@ class PixelClassifierWidget(QWidget):
 
             files = list_images(in_dir)
         except UserInputError as e:
-            return self._error(str(e))
+            return self.error(str(e))
         wanted = ["segmentation", "probabilities"] + (["instances"] if self.instances_check.isChecked() else [])
         gen = iter_predict_folder(self.classifier, files, out_dir, wanted)
-        self._start(gen, None, self.classifier, folder=True)
-
-    def stop(self):
-        self._restart = None
-        if self.worker is not None:
-            self.worker.quit()
-            self.status.setText("Stopping…")
+        self.start(gen, image=None, clf=self.classifier, folder=True)
 
     def save_classifier(self, path) -> Path | None:
         try:
@@ -402,7 +325,7 @@ class PixelClassifierWidget(QWidget):
                 raise UserInputError("train or load a classifier first")
             path = self.classifier.save(path)
         except (UserInputError, OSError) as e:
-            return self._error(f"could not save: {describe_error(e)}")
+            return self.error(f"could not save: {describe_error(e)}")
         show_info(f"saved classifier to {path}")
         return path
 
@@ -410,7 +333,7 @@ class PixelClassifierWidget(QWidget):
         try:
             clf = PixelClassifier.load(path)
         except UserInputError as e:
-            return self._error(str(e))
+            return self.error(str(e))
         self.classifier = clf
         self.set_feature_spec(clf.spec)
         self.trees_spin.setValue(clf.n_trees)
@@ -421,22 +344,8 @@ class PixelClassifierWidget(QWidget):
         return clf
 
     # -- worker plumbing --------------------------------------------------
-    def _start(self, gen, image, clf, shape=None, folder=False):
-        self.last_error = None
-        self._job = {"image": image, "clf": clf, "shape": shape, "folder": folder, "t0": time.perf_counter()}
-        # Connecting "errored" here stops napari from re-raising in the event loop.
-        worker = create_worker(
-            _drain, gen, _start_thread=False,
-            _connect={"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished},
-        )
-        self.worker = worker
-        self.stop_btn.setEnabled(True)
-        self.progress.setValue(0)
-        worker.start()
-
-    def _on_event(self, ev):
-        job = self._job
-        if job["folder"]:
+    def on_event(self, job, ev):
+        if job.get("folder"):
             done, total, path = ev
             self.progress.setValue(int(100 * done / total))
             self.status.setText(f"Predicted {path.name} ({done}/{total})")
@@ -490,31 +399,13 @@ class PixelClassifierWidget(QWidget):
         if not force and now - self._last_refresh < REFRESH_S:
             return
         self._last_refresh = now
-        for layer in self._job.get("layers", {}).values():
+        for layer in self.job.get("layers", {}).values():
             if layer in self.viewer.layers:
                 layer.refresh()
 
-    def _on_error(self, exc):
-        if not isinstance(exc, (UserInputError, MemoryError)):
-            log.error("pixel classifier job failed", exc_info=exc)
-        self._error(describe_error(exc))
-
-    def _on_finished(self):
-        self.worker = None
-        self.stop_btn.setEnabled(False)
-        if "layers" in self._job:
+    def on_end(self, job):
+        if "layers" in job:
             self._refresh_outputs(force=True)
-        if not self._job.get("complete") and self.last_error is None:
-            self.status.setText("Stopped.")
-        restart, self._restart = self._restart, None
-        if restart is not None:
-            restart()
-
-    def _error(self, message: str):
-        self.last_error = message
-        self.status.setText(message)
-        show_error(message)
-        return None
 
     # -- dialogs (thin: the methods above do the work and are tested) -----
     def _save_dialog(self):
