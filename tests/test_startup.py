@@ -32,5 +32,6 @@ def test_manifest_is_valid():
     from npe2 import PluginManifest
 
     manifest = PluginManifest.from_distribution("napari-dlvision")
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Pixel classifier (random forest)"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {
+        "Pixel classifier (random forest)", "Deep pixel classifier (U-Net)"}
     assert {s.key for s in manifest.contributions.sample_data} >= {"nuclei-2d", "nuclei-3d", "coins", "cell"}

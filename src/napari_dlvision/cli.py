@@ -1,6 +1,7 @@
 """`dlvision`: the plugin's models, headless.
 
     dlvision train rf --image IMG --labels LBL --out MODEL [--features ...]
+    dlvision train unet --image IMG --labels LBL --out MODEL [--steps N] [--time-limit S]
     dlvision predict --model MODEL --image IMG --out SEG.tif [--probabilities P.tif]
     dlvision info MODEL
 
@@ -48,6 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--class-names", default=None, help="comma-separated names of classes 1..K")
     _image_options(rf)
 
+    unet = tsub.add_parser("unet", help="U-Net pixel classifier (deep), from strokes or instance masks")
+    unet.add_argument("--image", action="append", default=[], type=Path, help="image file; repeat with --labels")
+    unet.add_argument("--labels", action="append", default=[], type=Path,
+                      help="strokes (0 = unlabelled, 1..K) or, with --dense, instance masks")
+    unet.add_argument("--masks-dir", type=Path, default=None,
+                      help="folder with images/ and masks/ (instance masks, same file names): dense training")
+    unet.add_argument("--dense", action="store_true", help="--labels are dense instance masks")
+    unet.add_argument("--out", required=True, type=Path, help="model file to write")
+    unet.add_argument("--init", type=Path, default=None, help="continue training this U-Net model file")
+    unet.add_argument("--preset", default="small", help="architecture preset: small or medium")
+    unet.add_argument("--steps", type=int, default=400)
+    unet.add_argument("--patch-size", type=int, default=None)
+    unet.add_argument("--batch-size", type=int, default=8)
+    unet.add_argument("--lr", type=float, default=3e-3)
+    unet.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
+    unet.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                      help="stop at this wall time and keep the best weights")
+    unet.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    unet.add_argument("--seed", type=int, default=0)
+    unet.add_argument("--channel-axis", type=int, default=None,
+                      help="axis of the image holding channels (default: guessed from the shapes)")
+
     pred = sub.add_parser("predict", help="apply a model file to an image or a folder of images")
     pred.add_argument("--model", required=True, type=Path)
     pred.add_argument("--image", required=True, type=Path, help="image file, or a folder of images")
@@ -73,20 +96,31 @@ def _image_options(p):
 
 
 def _train_rf(args):
-    import numpy as np
-
     from .core.features import FeatureSpec
-    from .core.io import channel_axis_for, read_image
     from .core.pixel_classifier import PixelClassifier
-    from .core.errors import UserInputError
 
-    if len(args.image) != len(args.labels):
-        raise UserInputError("give one --labels file per --image")
     spec = FeatureSpec.parse(args.features, args.scales) if args.features else FeatureSpec.default()
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
     clf = PixelClassifier(spec, args.trees, args.max_depth, names)
-    images, labels, axis = [], [], args.channel_axis
-    for img_path, lab_path in zip(args.image, args.labels):
+    images, labels, axis = _read_pairs(args.image, args.labels, args.channel_axis)
+    t0 = time.perf_counter()
+    clf.fit(images, labels, channel_axis=axis, spacing=args.spacing)
+    clf.save(args.out)
+    counts = ", ".join(f"class {k}: {n}" for k, n in clf.training["pixels_per_class"].items())
+    print(f"trained on {counts} labelled pixels in {time.perf_counter() - t0:.1f} s; wrote {args.out}")
+
+
+def _read_pairs(images, labels, channel_axis):
+    """Read image/labels files, checking shapes; returns (images, labels, channel axis)."""
+    import numpy as np
+
+    from .core.errors import UserInputError
+    from .core.io import channel_axis_for, read_image
+
+    if len(images) != len(labels):
+        raise UserInputError("give one --labels file per --image")
+    imgs, labs, axis = [], [], channel_axis
+    for img_path, lab_path in zip(images, labels):
         img, lab = read_image(img_path), read_image(lab_path)
         if lab.ndim not in (2, 3):
             raise UserInputError(f"{lab_path}: labels must be a 2D or 3D image, got shape {lab.shape}")
@@ -97,13 +131,48 @@ def _train_rf(args):
             raise UserInputError(
                 f"{lab_path} has shape {lab.shape} but {img_path} has spatial shape {tuple(spatial)}"
             )
-        images.append(img)
-        labels.append(lab)
-    t0 = time.perf_counter()
-    clf.fit(images, labels, channel_axis=axis, spacing=args.spacing)
-    clf.save(args.out)
-    counts = ", ".join(f"class {k}: {n}" for k, n in clf.training["pixels_per_class"].items())
-    print(f"trained on {counts} labelled pixels in {time.perf_counter() - t0:.1f} s; wrote {args.out}")
+        imgs.append(img)
+        labs.append(lab)
+    return imgs, labs, axis
+
+
+def _train_unet(args):
+    from .core.errors import UserInputError
+    from .core.io import list_images
+
+    images, labels, dense = list(args.image), list(args.labels), args.dense
+    if args.masks_dir is not None:
+        dense = True
+        for path in list_images(args.masks_dir / "images"):
+            mask = next(iter(sorted((args.masks_dir / "masks").glob(path.stem + ".*"))), None)
+            if mask is None:
+                raise UserInputError(f"no mask for {path.name} in {args.masks_dir / 'masks'}")
+            images.append(path)
+            labels.append(mask)
+    if not images:
+        raise UserInputError("give --image/--labels pairs or --masks-dir")
+    imgs, labs, axis = _read_pairs(images, labels, args.channel_axis)
+    from .dl.segmenter import UNetSegmenter
+    from .dl.train import TrainSettings, train_unet
+
+    mode = "dense" if dense else "sparse"
+    if args.init is not None:
+        seg = UNetSegmenter.load(args.init, device=args.device)
+        if seg.mode != mode:
+            raise UserInputError(f"{args.init} was trained on {seg.mode} labels, not {mode}")
+    else:
+        seg = UNetSegmenter(args.preset, mode, device=args.device)
+    settings = TrainSettings(steps=args.steps, patch_size=args.patch_size, batch_size=args.batch_size,
+                             lr=args.lr, elastic=args.elastic, device=args.device,
+                             time_limit=args.time_limit, seed=args.seed)
+    every = max(1, args.steps // 20)
+    for ev in train_unet(seg, imgs, labs, settings, channel_axis=axis):
+        if ev.stage == "start" or ev.stage == "done":
+            print(ev.message, flush=True)
+        elif ev.step % every == 0:
+            print(f"step {ev.step}/{ev.total}  loss {ev.smoothed_loss:.4f}  {ev.seconds:.0f} s", flush=True)
+    seg.save(args.out)
+    print(f"wrote {args.out}")
 
 
 def _predict(args):
@@ -141,7 +210,7 @@ def main(argv=None) -> int:
 
     try:
         if args.command == "train":
-            _train_rf(args)
+            _train_rf(args) if args.model == "rf" else _train_unet(args)
         elif args.command == "predict":
             _predict(args)
         else:

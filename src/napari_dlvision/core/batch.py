@@ -6,7 +6,6 @@ from pathlib import Path
 
 from . import modelfile
 from .errors import ModelFileError
-from .instances import instances_from_segmentation
 from .io import channel_axis_for, read_image, write_tif
 from .pixel_classifier import KIND as RF_KIND, PixelClassifier, segmentation, uncertainty
 
@@ -15,13 +14,19 @@ OUTPUTS = ("segmentation", "probabilities", "uncertainty", "instances")
 
 def load_model(path):
     """Load any napari-dlvision model file, whatever its kind."""
+    from ..dl import PIXEL_UNET_KIND
+
     kind = modelfile.read_metadata(path).get("kind")
     if kind == RF_KIND:
         return PixelClassifier.load(path)
+    if kind == PIXEL_UNET_KIND:
+        from ..dl.segmenter import UNetSegmenter  # imports torch: only for U-Net files
+
+        return UNetSegmenter.load(path)
     raise ModelFileError(f"{path} holds a {kind!r} model, which this version cannot apply")
 
 
-def outputs_from_probabilities(prob, wanted=OUTPUTS, foreground=None, spacing=None) -> dict:
+def outputs_from_probabilities(model, prob, wanted=OUTPUTS, foreground=None, spacing=None) -> dict:
     """Derive the requested result arrays from class probabilities (K, *spatial)."""
     seg = segmentation(prob)
     out = {"segmentation": seg}
@@ -30,8 +35,7 @@ def outputs_from_probabilities(prob, wanted=OUTPUTS, foreground=None, spacing=No
     if "uncertainty" in wanted:
         out["uncertainty"] = uncertainty(prob)
     if "instances" in wanted:
-        fg = foreground or prob.shape[0]
-        out["instances"] = instances_from_segmentation(seg, fg, spacing=spacing)
+        out["instances"] = model.instances(prob, spacing=spacing, foreground=foreground)
     return out
 
 
@@ -40,7 +44,7 @@ def predict_file(model, path, channel_axis=None, spacing=None, wanted=OUTPUTS, f
     if channel_axis is None:
         channel_axis = channel_axis_for(image.shape, model.ndim, model.n_channels)
     prob = model.predict_proba(image, channel_axis, spacing)
-    return outputs_from_probabilities(prob, wanted, foreground, spacing or model.spacing)
+    return outputs_from_probabilities(model, prob, wanted, foreground, spacing)
 
 
 def iter_predict_folder(model, files, out_dir, wanted=("segmentation",), foreground=None):

@@ -15,6 +15,7 @@ from . import modelfile
 from .errors import ModelFileError, UserInputError
 from .features import FeatureSpec, as_channels_first
 from .forest import TreeEnsemble, fit_forest
+from .instances import instances_from_segmentation
 from .tiling import CACHE_BYTES, FeatureTiles
 
 KIND = "pixel-random-forest"
@@ -162,6 +163,12 @@ class PixelClassifier:
     def predict(self, image, channel_axis=None, spacing=None) -> np.ndarray:
         """Segmentation: class ids 1..K per pixel."""
         return segmentation(self.predict_proba(image, channel_axis, spacing))
+
+    def instances(self, prob: np.ndarray, spacing=None, foreground: int | None = None) -> np.ndarray:
+        """Objects of the foreground class (default: the last), touching ones split."""
+        fg = self.n_classes if foreground is None else int(foreground)
+        spacing = self.spacing if spacing is None else spacing
+        return instances_from_segmentation(segmentation(prob), fg, spacing=spacing)
 
     # -- model file -------------------------------------------------------
     def metadata(self) -> dict:

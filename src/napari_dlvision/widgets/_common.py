@@ -88,8 +88,8 @@ def output_layer(viewer, image: Image, kind: str, data: np.ndarray, on_top=None)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
-    if kind in ("segmentation", "instances"):
-        layer = viewer.add_labels(data, name=name, opacity=0.4, visible=kind == "segmentation", **kw)
+    if kind.endswith(("segmentation", "instances")):
+        layer = viewer.add_labels(data, name=name, opacity=0.4, visible=kind.endswith("segmentation"), **kw)
     else:
         cmap = "magma" if kind.startswith("probability") else "inferno"
         layer = viewer.add_image(data, name=name, colormap=cmap, visible=False, contrast_limits=(0, 1), **kw)
