@@ -110,3 +110,31 @@ def test_errors_are_one_readable_line(files, model, sample2d, make_args, message
     assert len(lines) == 1 and lines[0].startswith("dlvision: error:"), r.stderr
     assert message in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_train_unet_then_predict(files, sample2d):
+    r = dlvision("train", "unet", "--image", files / "img.tif", "--labels", files / "lab.tif",
+                 "--out", files / "u.dlv", "--steps", 40, "--patch-size", 64, "--batch-size", 4)
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and "step 40/40" in r.stdout
+    meta = json.loads(dlvision("info", files / "u.dlv").stdout)
+    assert meta["kind"] == "pixel-unet" and meta["mode"] == "sparse"
+    r = dlvision("predict", "--model", files / "u.dlv", "--image", files / "img.tif", "--out", files / "s.tif",
+                 "--probabilities", files / "p.tif", "--instances", files / "i.tif")
+    assert r.returncode == 0, r.stderr
+    assert tifffile.imread(files / "p.tif").shape == (2,) + sample2d.image.shape
+    assert tifffile.imread(files / "s.tif").shape == sample2d.image.shape
+
+
+def test_train_unet_dense_folder_with_time_limit(tmp_path, sample2d):
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", sample2d.image)
+    tifffile.imwrite(tmp_path / "masks" / "a.tif", sample2d.instances)
+    r = dlvision("train", "unet", "--masks-dir", tmp_path, "--out", tmp_path / "d.dlv",
+                 "--steps", 100000, "--time-limit", 3, "--patch-size", 64, "--batch-size", 2)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(dlvision("info", tmp_path / "d.dlv").stdout)
+    assert meta["mode"] == "dense" and meta["training"]["stopped"] == "time limit"
+    r = dlvision("train", "unet", "--masks-dir", tmp_path / "nothing", "--out", tmp_path / "x.dlv")
+    assert r.returncode == 1 and r.stderr.startswith("dlvision: error:")
