@@ -26,6 +26,7 @@ import numpy as np
 from napari_dlvision.core.instances import instances_from_mask, instances_from_segmentation
 from napari_dlvision.core.metrics import instance_f1, iou
 from napari_dlvision.core.pixel_classifier import PixelClassifier, segmentation
+from napari_dlvision.core.tiling import CACHE_BYTES
 from napari_dlvision.data.synthetic import NUCLEUS, nuclei
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QPushButton, QWidget
 
 from ..core.errors import UserInputError
 
@@ -99,6 +99,35 @@ def output_layer(viewer, image: Image, kind: str, data: np.ndarray, on_top=None)
     return layer
 
 
+def button_row(*items) -> QHBoxLayout:
+    """A row of widgets; (text, callback) pairs become push buttons."""
+    row = QHBoxLayout()
+    for item in items:
+        if isinstance(item, tuple):
+            text, slot = item
+            item = QPushButton(text)
+            item.clicked.connect(slot)
+        row.addWidget(item)
+    return row
+
+
+MODEL_FILTER = "Models (*.dlv);;All files (*)"
+
+
+def ask_save_path(parent, title: str, default: str) -> str:
+    return QFileDialog.getSaveFileName(parent, title, default, MODEL_FILTER)[0]
+
+
+def ask_open_path(parent, title: str) -> str:
+    return QFileDialog.getOpenFileName(parent, title, "", MODEL_FILTER)[0]
+
+
+def ask_in_out_folders(parent) -> tuple[str, str] | None:
+    src = QFileDialog.getExistingDirectory(parent, "Folder of images to segment")
+    dst = QFileDialog.getExistingDirectory(parent, "Folder for the results") if src else ""
+    return (src, dst) if dst else None
+
+
 class JobWidget(QWidget):
     """A widget running one generator job at a time in a napari thread worker.
 
@@ -110,12 +139,18 @@ class JobWidget(QWidget):
     `self.stop_btn`.
     """
 
+    combos: tuple = ()  # magicgui layer combos to refresh when layers change
+
     def __init__(self):
         super().__init__()
         self.worker = None
         self.job: dict = {}
         self.last_error: str | None = None
         self._restart = None  # action to run once the current job ends
+
+    def reset_choices(self, *_):
+        for combo in self.combos:
+            combo.reset_choices()
 
     def start(self, gen, **job):
         self.last_error = None

@@ -16,7 +16,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QAbstractItemView, QCheckBox, QFileDialog, QGridLayout, QGroupBox, QHBoxLayout,
+    QAbstractItemView, QCheckBox, QGridLayout, QGroupBox, QHBoxLayout,
     QHeaderView, QLabel, QProgressBar, QPushButton, QSpinBox, QTableWidget,
     QTableWidgetItem, QVBoxLayout,
 )
@@ -24,7 +24,10 @@ from qtpy.QtWidgets import (
 from ..core.errors import UserInputError
 from ..core.features import FAMILIES, FAMILY_TITLES, SCALES, FeatureSpec
 from ..core.pixel_classifier import PixelClassifier, segmentation, uncertainty
-from ._common import JobWidget, describe_error, image_input, output_layer, visible_box
+from ._common import (
+    JobWidget, ask_in_out_folders, ask_open_path, ask_save_path, button_row, describe_error,
+    image_input, output_layer, visible_box,
+)
 LIVE_DELAY_MS = 150  # wait this long after a stroke before retraining
 REFRESH_S = 0.15  # redraw output layers at most this often while predicting
 
@@ -42,6 +45,7 @@ class PixelClassifierWidget(JobWidget):
         self.image_combo = create_widget(annotation=Image, label="Image")
         self.labels_combo = create_widget(annotation=Labels, label="Annotations")
         self.apply_combo = create_widget(annotation=Image, label="Apply to")
+        self.combos = (self.image_combo, self.labels_combo, self.apply_combo)
         self._build()
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
@@ -124,32 +128,16 @@ class PixelClassifierWidget(JobWidget):
         lay.addWidget(self.progress)
         lay.addWidget(self.status)
 
-        files = QHBoxLayout()
-        save = QPushButton("Save classifier…")
-        save.clicked.connect(self._save_dialog)
-        load = QPushButton("Load classifier…")
-        load.clicked.connect(self._load_dialog)
-        files.addWidget(save)
-        files.addWidget(load)
-        lay.addLayout(files)
-
-        apply = QHBoxLayout()
-        apply.addWidget(self.apply_combo.native)
-        apply_btn = QPushButton("Apply to layer")
-        apply_btn.clicked.connect(lambda: self.apply_to_layer(self.apply_combo.value))
-        apply.addWidget(apply_btn)
-        folder_btn = QPushButton("Apply to folder…")
-        folder_btn.clicked.connect(self._folder_dialog)
-        apply.addWidget(folder_btn)
-        lay.addLayout(apply)
+        lay.addLayout(button_row(("Save classifier…", self._save_dialog), ("Load classifier…", self._load_dialog)))
+        lay.addLayout(button_row(
+            self.apply_combo.native,
+            ("Apply to layer", lambda: self.apply_to_layer(self.apply_combo.value)),
+            ("Apply to folder…", self._folder_dialog),
+        ))
         lay.addStretch()
 
         self._live_timer = QTimer(self, singleShot=True, interval=LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self._live_retrain)
-
-    def reset_choices(self, *_):
-        for combo in (self.image_combo, self.labels_combo, self.apply_combo):
-            combo.reset_choices()
 
     # -- classes ----------------------------------------------------------
     def class_names(self) -> list[str]:
@@ -409,19 +397,13 @@ class PixelClassifierWidget(JobWidget):
 
     # -- dialogs (thin: the methods above do the work and are tested) -----
     def _save_dialog(self):
-        path, _ = QFileDialog.getSaveFileName(self, "Save classifier", "classifier.dlv", "Models (*.dlv)")
-        if path:
+        if path := ask_save_path(self, "Save classifier", "classifier.dlv"):
             self.save_classifier(path)
 
     def _load_dialog(self):
-        path, _ = QFileDialog.getOpenFileName(self, "Load classifier", "", "Models (*.dlv);;All files (*)")
-        if path:
+        if path := ask_open_path(self, "Load classifier"):
             self.load_classifier(path)
 
     def _folder_dialog(self):
-        src = QFileDialog.getExistingDirectory(self, "Folder of images to segment")
-        if not src:
-            return
-        dst = QFileDialog.getExistingDirectory(self, "Folder for the results")
-        if dst:
-            self.apply_to_folder(src, dst)
+        if folders := ask_in_out_folders(self):
+            self.apply_to_folder(*folders)

@@ -22,7 +22,10 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import UserInputError
 from ..core.pixel_classifier import segmentation
-from ._common import JobWidget, describe_error, image_input, output_layer
+from ._common import (
+    JobWidget, ask_in_out_folders, ask_open_path, ask_save_path, button_row, describe_error,
+    image_input, output_layer,
+)
 from .loss_plot import LossPlot
 
 # triton ships its own LLVM, which segfaults against Mesa's (llvmpipe) LLVM
@@ -73,6 +76,7 @@ class UNetWidget(JobWidget):
         self.image_combo = create_widget(annotation=Image, label="Image")
         self.labels_combo = create_widget(annotation=Labels, label="Annotations")
         self.apply_combo = create_widget(annotation=Image, label="Predict")
+        self.combos = (self.image_combo, self.labels_combo, self.apply_combo)
         self._build()
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
@@ -146,28 +150,13 @@ class UNetWidget(JobWidget):
         lay.addWidget(self.status)
         lay.addWidget(self.plot)
 
-        files = QHBoxLayout()
-        save = QPushButton("Save model…")
-        save.clicked.connect(self._save_dialog)
-        load = QPushButton("Load model…")
-        load.clicked.connect(self._load_dialog)
-        files.addWidget(save)
-        files.addWidget(load)
-        lay.addLayout(files)
-        apply = QHBoxLayout()
-        apply.addWidget(self.apply_combo.native)
-        apply_btn = QPushButton("Predict layer")
-        apply_btn.clicked.connect(lambda: self.predict_layer(self.apply_combo.value))
-        apply.addWidget(apply_btn)
-        folder_pred = QPushButton("Predict folder…")
-        folder_pred.clicked.connect(self._folder_predict_dialog)
-        apply.addWidget(folder_pred)
-        lay.addLayout(apply)
+        lay.addLayout(button_row(("Save model…", self._save_dialog), ("Load model…", self._load_dialog)))
+        lay.addLayout(button_row(
+            self.apply_combo.native,
+            ("Predict layer", lambda: self.predict_layer(self.apply_combo.value)),
+            ("Predict folder…", self._folder_predict_dialog),
+        ))
         lay.addStretch()
-
-    def reset_choices(self, *_):
-        for combo in (self.image_combo, self.labels_combo, self.apply_combo):
-            combo.reset_choices()
 
     # -- settings ---------------------------------------------------------
     def settings(self):
@@ -348,13 +337,11 @@ class UNetWidget(JobWidget):
 
     # -- dialogs ----------------------------------------------------------
     def _save_dialog(self):
-        path, _ = QFileDialog.getSaveFileName(self, "Save U-Net", "unet.dlv", "Models (*.dlv)")
-        if path:
+        if path := ask_save_path(self, "Save U-Net", "unet.dlv"):
             self.save_model(path)
 
     def _load_dialog(self):
-        path, _ = QFileDialog.getOpenFileName(self, "Load U-Net", "", "Models (*.dlv);;All files (*)")
-        if path:
+        if path := ask_open_path(self, "Load U-Net"):
             self.load_model(path)
 
     def _folder_train_dialog(self):
@@ -363,7 +350,5 @@ class UNetWidget(JobWidget):
             self.load_folder(folder)
 
     def _folder_predict_dialog(self):
-        src = QFileDialog.getExistingDirectory(self, "Folder of images to segment")
-        dst = QFileDialog.getExistingDirectory(self, "Folder for the results") if src else ""
-        if dst:
-            self.predict_folder(src, dst)
+        if folders := ask_in_out_folders(self):
+            self.predict_folder(*folders)
