@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--out", required=True, type=Path, help="model file to write")
     unet.add_argument("--init", type=Path, default=None, help="continue training this U-Net model file")
     unet.add_argument("--preset", default="small", help="architecture preset: small or medium")
-    unet.add_argument("--steps", type=int, default=400)
+    unet.add_argument("--steps", type=int, default=500)
     unet.add_argument("--patch-size", type=int, default=None)
     unet.add_argument("--batch-size", type=int, default=8)
     unet.add_argument("--lr", type=float, default=3e-3)

@@ -50,8 +50,8 @@ def pick_device(pref: str | torch.device | None = "auto") -> torch.device:
     if pref.startswith("cuda"):
         if not torch.cuda.is_available():
             built = torch.version.cuda
-            why = (f"this PyTorch {torch.__version__} was built with CUDA {built} but finds no usable NVIDIA GPU or driver"
-                   if built else f"this PyTorch {torch.__version__} was built without CUDA")
+            why = (f"this PyTorch {torch.__version__} was built with CUDA {built} but finds no usable "
+                   "NVIDIA GPU or driver" if built else f"this PyTorch {torch.__version__} was built without CUDA")
             raise UserInputError(f"device 'cuda' was requested, but {why}; choose 'auto' or 'cpu'")
         try:
             dev = torch.device(pref)

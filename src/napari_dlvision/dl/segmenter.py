@@ -32,10 +32,11 @@ from . import PIXEL_UNET_KIND as KIND
 from .devices import describe, free_memory, pick_device, retry_on_oom
 from .targets import DENSE_CLASS_NAMES, Normalisation
 from .unet import DEFAULT_PRESET, PRESETS, UNet
+from .unet import halo as exact_halo
 
 MODES = ("sparse", "dense")
 CPU_PREDICT_BYTES = 1 << 30  # activation memory of one prediction tile on the CPU
-BYTES_PER_VOXEL_PER_CHANNEL = 4 * 8  # float32, ~8 feature maps of base width alive at once
+BYTES_PER_VOXEL_PER_CHANNEL = 48  # measured peak of inference: 32-48 bytes per voxel and base channel
 
 
 class UNetSegmenter:
@@ -70,9 +71,8 @@ class UNetSegmenter:
 
     @property
     def halo(self) -> int:
-        from .unet import halo
-
-        return halo(self.config["depth"])
+        """Context per side that makes tiled prediction equal whole-image prediction."""
+        return exact_halo(self.config["depth"])
 
     def build(self, n_channels: int, ndim: int, n_classes: int) -> UNet:
         """Create a fresh network (seed torch first for reproducible weights)."""
@@ -102,19 +102,29 @@ class UNetSegmenter:
         return self.normalisation.apply(img)
 
     # -- prediction -------------------------------------------------------
-    def tile_shape_for(self, shape, device, halo=None) -> tuple[int, ...]:
-        """Whole image if it fits the device's memory, else tiles on the pooling grid."""
-        halo = self.halo if halo is None else halo
+    def tile_plan(self, shape, device, halo=None) -> tuple[tuple[int, ...], int]:
+        """(tile shape, halo) for the device's memory.
+
+        The whole image when it fits; else tiles on the pooling grid with the
+        exact halo, as long as a tile's core can stay at least as wide as its
+        halo. Where even that does not fit (big 3D volumes on a CPU) the halo
+        is halved: results then differ from whole-image prediction by at most
+        about 0.02 in probability near tile borders, instead of by nothing.
+        """
+        exact = halo is None
+        halo = self.halo if halo is None else int(halo)
         free = free_memory(device)
         budget = CPU_PREDICT_BYTES if free is None else free // 3
         per_voxel = BYTES_PER_VOXEL_PER_CHANNEL * self.config["base_channels"]
         voxels = max(budget // per_voxel, 1)
         if math.prod(shape) <= voxels:
-            return tuple(shape)
+            return tuple(shape), halo
         m = self.net.multiple
-        edge = int(voxels ** (1 / len(shape))) - 2 * halo
-        edge = max(edge // m * m, halo, m)  # core at least as wide as the halo
-        return tuple(min(n, edge) for n in shape)
+        budget_edge = int(voxels ** (1 / len(shape)))
+        if exact and budget_edge - 2 * halo < halo:
+            halo = max(m, halo // 2 // m * m)
+        edge = max((budget_edge - 2 * halo) // m * m, halo, m)
+        return tuple(min(n, edge) for n in shape), halo
 
     def _grid(self, shape, tile_shape, halo):
         m = self.net.multiple
@@ -127,8 +137,10 @@ class UNetSegmenter:
         """Fill `out` (K, *spatial) with probabilities tile by tile; yields (done, total, core slices)."""
         device = pick_device(self.device if device is None else device)
         shape = img_norm.shape[1:]
+        if tile_shape is None:
+            tile_shape, halo = self.tile_plan(shape, device, halo)
         halo = self.halo if halo is None else halo
-        tile_shape = tuple(tile_shape) if tile_shape is not None else self.tile_shape_for(shape, device, halo)
+        tile_shape = tuple(tile_shape)
         if len(tile_shape) != len(shape):
             raise UserInputError(f"tile shape {tile_shape} does not fit a {len(shape)}D image")
         tile_shape, halo, tiles = self._grid(shape, tile_shape, halo)
@@ -167,8 +179,10 @@ class UNetSegmenter:
         dev = pick_device(self.device if device is None else device)
         if tile_shape is None:
             # Out of memory on a big tile: halve the tile edge and start again.
+            tiles, plan_halo = self.tile_plan(img.shape[1:], dev, halo)
+
             def run(ts):
-                return self.predict_normalised(img, ts, halo, dev)
+                return self.predict_normalised(img, ts, plan_halo, dev)
 
             m = self.net.multiple
 
@@ -178,8 +192,7 @@ class UNetSegmenter:
                     return None
                 return ts[:i] + (max(m, ts[i] // 2 // m * m),) + ts[i + 1:]
 
-            prob, _ = retry_on_oom(run, self.tile_shape_for(img.shape[1:], dev, halo), shrink=shrink,
-                                   device=dev, what="tile shape")
+            prob, _ = retry_on_oom(run, tiles, shrink=shrink, device=dev, what="tile shape")
             return prob
         return self.predict_normalised(img, tile_shape, halo, dev)
 

@@ -60,7 +60,7 @@ def class_counts(targets: list[np.ndarray], n_classes: int) -> np.ndarray:
     return counts
 
 
-def balanced_weights(counts: np.ndarray, power: float = 0.5) -> np.ndarray:
+def balanced_weights(counts: np.ndarray, power: float = 1.0) -> np.ndarray:
     """Per-class loss weights ~ 1 / frequency**power, mean 1 over present classes."""
     counts = np.asarray(counts, np.float64)
     present = counts > 0

@@ -30,13 +30,13 @@ from .devices import describe, pick_device, retry_on_oom
 from .segmenter import UNetSegmenter
 from .targets import IGNORE, as_label_array, balanced_weights, class_counts, dense_targets, sparse_targets
 
-DEFAULT_PATCH = {2: 128, 3: 48}
+DEFAULT_PATCH = {2: 64, 3: 32}  # small patches, many steps: best from strokes on CPU
 
 
 @dataclass
 class TrainSettings:
-    steps: int = 400
-    patch_size: int | tuple | None = None  # per axis; None: 128 in 2D, 48 in 3D; clipped to the images
+    steps: int = 500
+    patch_size: int | tuple | None = None  # per axis; None: 64 in 2D, 32 in 3D; clipped to the images
     batch_size: int = 8
     lr: float = 3e-3
     lr_schedule: str = "cosine"  # "cosine" (to 5% over `steps`) or "constant"
@@ -269,14 +269,40 @@ def validation_score(segmenter: UNetSegmenter, val) -> float:
 
 
 # -- the loop ---------------------------------------------------------------
+def _finite(net) -> bool:
+    """True when no weight or batch-norm statistic is NaN or infinite."""
+    return all(bool(torch.isfinite(v).all()) for v in net.state_dict().values() if v.is_floating_point())
+
+
 class _Best:
-    def __init__(self):
+    """The best weights so far and their score (higher is better)."""
+
+    def __init__(self, net):
         self.score, self.step, self.state = -math.inf, None, None
+        self.pending = None
+        # Kept to undo a run that diverges before anything better is seen.
+        self.initial = self._copy(net)
+
+    @staticmethod
+    def _copy(net):
+        return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
     def offer(self, score, step, net):
+        """Weights whose score was measured on themselves (validation)."""
         if score > self.score:
-            self.score, self.step = score, step
-            self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            self.score, self.step, self.state = score, step, self._copy(net)
+
+    def propose(self, score, step, net):
+        """Weights after `step`, scored by the loss before it: kept only once
+        the next step's loss (computed with them) comes out finite."""
+        self.confirm()
+        if score > self.score:
+            self.pending = (score, step, self._copy(net))
+
+    def confirm(self):
+        if self.pending is not None and self.pending[0] > self.score:
+            self.score, self.step, self.state = self.pending
+        self.pending = None
 
 
 def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSettings | None = None,
@@ -341,9 +367,9 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
     def preview():
         return segmenter.predict_normalised(imgs[0], device=device)
 
-    best = _Best()
+    best = _Best(net)
     t0 = time.perf_counter()
-    ema, ema_w, val_metric, step, stopped = 0.0, 0.0, None, 0, "closed"
+    ema, ema_w, val_metric, step, stopped = 0.0, 0.0, None, 0, None
     batch = int(settings.batch_size)
     start_steps = int(segmenter.training.get("steps_total", 0))
     try:
@@ -354,12 +380,12 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
                      f"{describe(device)}: patches {'x'.join(map(str, patch))}, batch {batch}, "
                      f"{int((counts > 0).sum())} labelled classes, {int(counts.sum())} labelled pixels"),
         )
-        stopped = "finished"
         for step in range(1, total + 1):
             loss, batch = retry_on_oom(step_fn, batch, report=messages.append, device=device)
             if sched is not None:
                 sched.step()
-            if not math.isfinite(loss):
+            if not (math.isfinite(loss) and _finite(net)):
+                best.pending = None  # the weights that produced this loss
                 stopped = "diverged"
                 messages.append("the loss is no longer a number: stopped; try a lower learning rate")
                 break
@@ -371,7 +397,7 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
                     net.train()
                     best.offer(val_metric, step, net)
             else:
-                best.offer(-smoothed, step, net)
+                best.propose(-smoothed, step, net)
             pv = None
             if settings.preview_every and step % settings.preview_every == 0:
                 pv = preview()
@@ -387,9 +413,20 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
                              seconds, pv, msg)
             if over:
                 break
+        stopped = stopped or "finished"
+    except GeneratorExit:  # the consumer stopped iterating
+        stopped = stopped or "closed"
+        raise
+    except BaseException:
+        stopped = "error"
+        raise
     finally:
+        if stopped != "diverged":
+            best.confirm()
         if best.state is not None:
             net.load_state_dict(best.state)
+        elif stopped == "diverged" or not _finite(net):
+            net.load_state_dict(best.initial)
         net.eval()
         seconds = time.perf_counter() - t0
         segmenter.training = {

@@ -5,7 +5,9 @@ multiple of 2**depth (reflect, or replicate for tiny axes) and crops the
 result back. Padding only at the far end keeps the pooling grid anchored at
 pixel 0, so a tile whose origin is a multiple of 2**depth sees exactly the
 grid the whole image sees; together with `halo(depth)` this makes tiled
-prediction equal to whole-image prediction (batch norm in eval mode).
+prediction equal to whole-image prediction with norm "batch" (eval mode)
+or "none". Group norm normalises over whatever extent it is given, so with
+it tiled prediction only approximates whole-image prediction.
 """
 
 from __future__ import annotations
