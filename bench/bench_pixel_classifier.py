@@ -238,6 +238,7 @@ def main(argv=None):
                "scikit-image": skimage.__version__, "scikit-learn": sklearn.__version__,
                "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
                "machine": platform.platform(), "quick": args.quick}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"env": env, "results": results, "live": live}, indent=2))
         print(f"wrote {args.json}")
 

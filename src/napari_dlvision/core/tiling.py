@@ -20,7 +20,7 @@ import numpy as np
 from .errors import UserInputError
 from .features import FeatureSpec, compute_features_cf
 
-FEATURE_TILE_BYTES = 384 << 20  # feature memory of one tile, halo included
+FEATURE_TILE_BYTES = 256 << 20  # feature memory of one tile, halo included; larger is not faster
 CACHE_BYTES = 3 << 30  # default budget of cached tile features
 BLOCK_PIXELS = 1 << 17  # pixels per prediction block
 
