@@ -28,6 +28,7 @@ from ._common import (
     JobWidget, ask_in_out_folders, ask_open_path, ask_save_path, button_row, describe_error,
     image_input, output_layer, visible_box,
 )
+
 LIVE_DELAY_MS = 150  # wait this long after a stroke before retraining
 REFRESH_S = 0.15  # redraw output layers at most this often while predicting
 
