@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="feature subset, e.g. 'gaussian@0.3,hessian@1.6,log' "
                          "(a bare family takes every --scales); default: all families at 0.7-5")
     rf.add_argument("--scales", default=None, help="scales for bare families, e.g. 1,1.6,3.5")
-    rf.add_argument("--trees", type=int, default=100, help="number of trees (default 100)")
+    rf.add_argument("--trees", type=int, default=50, help="number of trees (default 50)")
     rf.add_argument("--max-depth", type=int, default=None, help="maximum tree depth (default: none)")
     rf.add_argument("--class-names", default=None, help="comma-separated names of classes 1..K")
     _image_options(rf)

@@ -10,9 +10,9 @@ from napari_dlvision.core.tiling import FeatureTiles
 
 def test_default_spec_counts_and_names():
     spec = FeatureSpec.default()
-    # 1 fine Gaussian + 5 scales x (4 scalar families + 2 eigen families x ndim)
-    assert spec.n_features(1, 2) == 1 + 5 * (4 + 2 * 2)
-    assert spec.n_features(3, 3) == 3 * (1 + 5 * (4 + 2 * 3))
+    # 1 fine Gaussian + 5 scales x (4 scalar families + Hessian x ndim) + 2 structure tensors
+    assert spec.n_features(1, 2) == 1 + 5 * (4 + 2) + 2 * 2
+    assert spec.n_features(3, 3) == 3 * (1 + 5 * (4 + 3) + 2 * 3)
     assert len(spec.names(2, 2)) == spec.n_features(2, 2)
 
 

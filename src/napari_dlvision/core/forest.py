@@ -106,7 +106,7 @@ class TreeEnsemble:
         return out
 
 
-def fit_forest(X: np.ndarray, y: np.ndarray, n_classes: int, n_trees: int = 100,
+def fit_forest(X: np.ndarray, y: np.ndarray, n_classes: int, n_trees: int = 50,
                max_depth: int | None = None, random_state: int = 0) -> TreeEnsemble:
     """Fit on labelled pixels: X (N, F), y (N,) in 0..n_classes-1."""
     from sklearn.ensemble import RandomForestClassifier

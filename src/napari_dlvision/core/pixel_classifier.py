@@ -22,7 +22,7 @@ KIND = "pixel-random-forest"
 
 
 class PixelClassifier:
-    def __init__(self, spec: FeatureSpec | None = None, n_trees: int = 100,
+    def __init__(self, spec: FeatureSpec | None = None, n_trees: int = 50,
                  max_depth: int | None = None, class_names: list[str] | None = None):
         self.spec = spec or FeatureSpec.default()
         self.n_trees, self.max_depth = int(n_trees), max_depth

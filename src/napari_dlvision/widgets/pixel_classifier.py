@@ -99,7 +99,7 @@ class PixelClassifierWidget(JobWidget):
 
         forest = QHBoxLayout()
         forest.addWidget(QLabel("Trees"))
-        self.trees_spin = QSpinBox(minimum=1, maximum=1000, value=100)
+        self.trees_spin = QSpinBox(minimum=1, maximum=1000, value=50)
         forest.addWidget(self.trees_spin)
         forest.addWidget(QLabel("Max depth (0 = none)"))
         self.depth_spin = QSpinBox(minimum=0, maximum=100, value=0)
