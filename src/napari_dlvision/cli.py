@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--preset", default="small", help="architecture preset: small or medium")
     unet.add_argument("--steps", type=int, default=500)
     unet.add_argument("--patch-size", type=int, default=None)
-    unet.add_argument("--batch-size", type=int, default=8)
+    unet.add_argument("--batch-size", type=int, default=0, help="0 (default): from the device's free memory")
     unet.add_argument("--lr", type=float, default=3e-3)
     unet.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     unet.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",

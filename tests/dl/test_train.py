@@ -192,3 +192,13 @@ def test_a_diverging_run_stops_and_keeps_finite_weights():
     assert seg.training["stopped"] == "diverged" and seg.training["steps"] < 30
     assert "lower learning rate" in events[-1].message
     assert np.isfinite(seg.predict_proba(s.image)).all()
+
+
+def test_automatic_batch_size_on_cpu():
+    from napari_dlvision.dl.train import auto_batch_size
+
+    assert auto_batch_size(torch.device("cpu"), (64, 64), 16) == 8
+    s = nuclei((64, 64), seed=3)
+    seg = UNetSegmenter()
+    first = next(iter(train_unet(seg, s.image, s.scribbles, TrainSettings(steps=1, patch_size=32, batch_size=0))))
+    assert "batch 8" in first.message

@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 from ..core.errors import UserInputError
 from ..core.features import as_channels_first
 from ..core.metrics import iou
-from .devices import describe, pick_device, retry_on_oom
+from .devices import describe, free_memory, pick_device, retry_on_oom
 from .segmenter import UNetSegmenter
 from .targets import IGNORE, as_label_array, balanced_weights, class_counts, dense_targets, sparse_targets
 
@@ -37,7 +37,7 @@ DEFAULT_PATCH = {2: 64, 3: 32}  # small patches, many steps: best from strokes o
 class TrainSettings:
     steps: int = 500
     patch_size: int | tuple | None = None  # per axis; None: 64 in 2D, 32 in 3D; clipped to the images
-    batch_size: int = 8
+    batch_size: int = 0  # 0: chosen from the device's free memory (8 on CPU and MPS)
     lr: float = 3e-3
     lr_schedule: str = "cosine"  # "cosine" (to 5% over `steps`) or "constant"
     weight_decay: float = 0.0
@@ -56,8 +56,8 @@ class TrainSettings:
     def check(self):
         if int(self.steps) < 1:
             raise UserInputError("train for at least one step")
-        if int(self.batch_size) < 1:
-            raise UserInputError("batch size must be at least 1")
+        if int(self.batch_size) < 0:
+            raise UserInputError("batch size must be at least 1 (or 0 for automatic)")
         if not self.lr > 0:
             raise UserInputError("learning rate must be positive")
         if self.lr_schedule not in ("cosine", "constant"):
@@ -88,6 +88,20 @@ class TrainEvent:
     seconds: float = 0.0  # since the start of this run
     preview: np.ndarray | None = field(default=None, repr=False)  # (K, *spatial) of the first image
     message: str | None = None
+
+
+def auto_batch_size(device, patch, base_channels: int, cap: int = 64) -> int:
+    """Batch that fits a third of the free accelerator memory; 8 where unknown.
+
+    Per sample, training keeps roughly 24 float32 maps of the base width at
+    full patch resolution alive (activations and their gradients over all
+    levels); the out-of-memory retry covers the estimate being off.
+    """
+    free = free_memory(device)
+    if free is None:
+        return 8
+    per_sample = math.prod(patch) * base_channels * 4 * 24
+    return int(max(1, min(cap, free // 3 // per_sample)))
 
 
 # -- data -----------------------------------------------------------------
@@ -370,7 +384,7 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
     best = _Best(net)
     t0 = time.perf_counter()
     ema, ema_w, val_metric, step, stopped = 0.0, 0.0, None, 0, None
-    batch = int(settings.batch_size)
+    batch = int(settings.batch_size) or auto_batch_size(device, patch, segmenter.config["base_channels"])
     start_steps = int(segmenter.training.get("steps_total", 0))
     try:
         net.train()
