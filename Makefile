@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Qt needs these X/xcb libraries; Xvfb gives the GUI tests a display.
-DEBS := xvfb xauth libgl1 libegl1 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 \
+DEBS := python3 python3-venv xvfb xauth libglib2.0-0 libgl1 libegl1 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 \
 	libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 \
 	libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-xkb1 libxcb-cursor0
 # Without a display (CI, ssh) run under a virtual X server.

@@ -1,7 +1,7 @@
 """U-Net vs random forest vs scikit-image, from the same sparse strokes.
 
 For each dataset (synthetic nuclei 512 x 512 with ~20 strokes; the real
-apoc-demo images when ../shared/data is present) this trains:
+apoc-demo blobs and maize images when ../shared/data is present) this trains:
 - scikit-image's trainable segmentation (documented defaults),
 - this project's random forest (features + fit + predict),
 - this project's U-Net from the same strokes, with a wall-clock budget,
@@ -77,6 +77,8 @@ def main(argv=None):
 
     if not args.quick and (data_dir() / "blobs.tif").is_file():
         datasets.append(real_dataset("blobs", "blobs.tif", "annotations.tif", "labels.tif"))
+        datasets.append(real_dataset("maize_clsm", "maize_clsm.tif", "maize_clsm_annotation.tif",
+                                     "maize_clsm_labels.tif"))
     elif not args.quick:
         print(f"real data not found in {data_dir()}: synthetic only")
     results = []

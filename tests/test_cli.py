@@ -138,3 +138,14 @@ def test_train_unet_dense_folder_with_time_limit(tmp_path, sample2d):
     assert meta["mode"] == "dense" and meta["training"]["stopped"] == "time limit"
     r = dlvision("train", "unet", "--masks-dir", tmp_path / "nothing", "--out", tmp_path / "x.dlv")
     assert r.returncode == 1 and r.stderr.startswith("dlvision: error:")
+
+
+def test_mask_lookup_ignores_other_files(tmp_path):
+    from napari_dlvision.core.errors import UserInputError
+    from napari_dlvision.core.io import mask_for
+
+    (tmp_path / "a.json").write_text("{}")
+    with pytest.raises(UserInputError, match="no mask"):
+        mask_for(tmp_path / "img" / "a.tif", tmp_path)
+    (tmp_path / "a.png").write_bytes(b"")
+    assert mask_for("a.tif", tmp_path).name == "a.png"

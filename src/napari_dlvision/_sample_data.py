@@ -7,10 +7,11 @@ from .data.synthetic import nuclei
 
 def _nuclei_layers(sample, name, scale=None):
     kw = {} if scale is None else {"scale": scale}
+    # Annotations before the ground truth: layer pickers offer the first one.
     return [
         (sample.image, {"name": name, **kw}, "image"),
-        (sample.instances, {"name": f"{name} ground truth", "visible": False, **kw}, "labels"),
         (sample.scribbles, {"name": f"{name} annotations", **kw}, "labels"),
+        (sample.instances, {"name": f"{name} ground truth", "visible": False, **kw}, "labels"),
     ]
 
 

@@ -138,17 +138,14 @@ def _read_pairs(images, labels, channel_axis):
 
 def _train_unet(args):
     from .core.errors import UserInputError
-    from .core.io import list_images
+    from .core.io import list_images, mask_for
 
     images, labels, dense = list(args.image), list(args.labels), args.dense
     if args.masks_dir is not None:
         dense = True
         for path in list_images(args.masks_dir / "images"):
-            mask = next(iter(sorted((args.masks_dir / "masks").glob(path.stem + ".*"))), None)
-            if mask is None:
-                raise UserInputError(f"no mask for {path.name} in {args.masks_dir / 'masks'}")
             images.append(path)
-            labels.append(mask)
+            labels.append(mask_for(path, args.masks_dir / "masks"))
     if not images:
         raise UserInputError("give --image/--labels pairs or --masks-dir")
     imgs, labs, axis = _read_pairs(images, labels, args.channel_axis)
@@ -183,13 +180,15 @@ def _predict(args):
     model = load_model(args.model)
     extra = {k: getattr(args, k) for k in ("probabilities", "uncertainty", "instances")}
     wanted = ["segmentation"] + [k for k, v in extra.items() if v is not None]
-    if args.image.is_dir():
-        files = list_images(args.image)
-        for done, total, path in iter_predict_folder(model, files, args.out, wanted, args.foreground):
-            print(f"[{done}/{total}] {path.name}", flush=True)
-        return
     if args.foreground is not None and not 1 <= args.foreground <= model.n_classes:
         raise UserInputError(f"--foreground must be a class id between 1 and {model.n_classes}")
+    if args.image.is_dir():
+        files = list_images(args.image)
+        gen = iter_predict_folder(model, files, args.out, wanted, args.foreground,
+                                  channel_axis=args.channel_axis, spacing=args.spacing)
+        for done, total, path in gen:
+            print(f"[{done}/{total}] {path.name}", flush=True)
+        return
     results = predict_file(model, args.image, args.channel_axis, args.spacing, wanted, args.foreground)
     write_tif(args.out, results["segmentation"])
     for name, path in extra.items():

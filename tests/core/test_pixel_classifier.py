@@ -159,3 +159,20 @@ def test_fit_predict_matches_fit_then_predict(sample2d):
     prob = a.fit_predict(sample2d.image, sample2d.scribbles)
     b = PixelClassifier(n_trees=10).fit(sample2d.image, sample2d.scribbles)
     np.testing.assert_array_equal(prob, b.predict_proba(sample2d.image))
+
+
+def test_class_ids_with_gaps_keep_their_ids(sample2d):
+    labels = np.where(sample2d.scribbles > 0, sample2d.scribbles + 1, 0)  # ids 2 and 3
+    clf = PixelClassifier(n_trees=10).fit(sample2d.image, labels)
+    prob = clf.predict_proba(sample2d.image)
+    assert prob.shape[0] == 3 and prob[0].max() == 0  # class 1 was never painted
+    seg = segmentation(prob)
+    assert set(np.unique(seg)) == {2, 3}
+    # Same strokes with ids 1 and 2 give the same forest: the result is shifted by one.
+    plain = PixelClassifier(n_trees=10).fit(sample2d.image, sample2d.scribbles)
+    np.testing.assert_array_equal(seg, plain.predict(sample2d.image) + 1)
+
+
+def test_instance_mask_by_mistake_is_refused(sample2d):
+    with pytest.raises(UserInputError, match="instance mask"):
+        PixelClassifier(n_trees=5).fit(sample2d.image, sample2d.instances)

@@ -195,3 +195,26 @@ def test_model_for_rgb_refuses_grey_layer(qtbot, widget, sample2d):
     assert widget.classifier.n_channels == 3
     widget.apply_to_layer(widget.viewer.layers["nuclei"])
     assert "3-channel" in widget.last_error
+
+
+def test_user_layers_are_never_overwritten(qtbot, widget, sample2d):
+    viewer = widget.viewer
+    mine = viewer.add_labels(sample2d.scribbles.copy(), name="nuclei segmentation")
+    widget.reset_choices()
+    widget.labels_combo.value = mine  # the user corrects last run's result by hand
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    np.testing.assert_array_equal(mine.data, sample2d.scribbles)
+    assert any(layer.name.startswith("nuclei segmentation ") for layer in viewer.layers)
+
+
+def test_instance_layer_as_annotations_gives_a_message(qtbot, widget, sample2d):
+    viewer = widget.viewer
+    viewer.add_labels(sample2d.instances.astype(np.uint32), name="nuclei annotations")
+    widget.reset_choices()
+    widget.update_counts()
+    assert widget.class_table.rowCount() <= 64
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert "instance mask" in widget.last_error

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import modelfile
-from .errors import ModelFileError
+from .errors import ModelFileError, UserInputError
 from .io import channel_axis_for, read_image, write_tif
 from .pixel_classifier import KIND as RF_KIND, PixelClassifier, segmentation, uncertainty
 
@@ -47,12 +47,16 @@ def predict_file(model, path, channel_axis=None, spacing=None, wanted=OUTPUTS, f
     return outputs_from_probabilities(model, prob, wanted, foreground, spacing)
 
 
-def iter_predict_folder(model, files, out_dir, wanted=("segmentation",), foreground=None):
+def iter_predict_folder(model, files, out_dir, wanted=("segmentation",), foreground=None,
+                        channel_axis=None, spacing=None):
     """Predict each file and write `<out_dir>/<stem>_<output>.tif`; yields (done, total, path)."""
+    stems = [Path(p).stem for p in files]
+    if len(set(stems)) != len(stems):
+        raise UserInputError("several input files share a name (e.g. a.png and a.tif): outputs would collide")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(files, 1):
-        results = predict_file(model, path, wanted=wanted, foreground=foreground)
+        results = predict_file(model, path, channel_axis, spacing, wanted, foreground)
         for name in wanted:
             write_tif(out_dir / f"{Path(path).stem}_{name}.tif", results[name])
         yield i, len(files), Path(path)

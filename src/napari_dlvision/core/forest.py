@@ -52,7 +52,7 @@ class TreeEnsemble:
 
     @classmethod
     def from_sklearn(cls, forest, n_classes: int) -> TreeEnsemble:
-        """Convert a fitted RandomForestClassifier whose classes are 0..K-1."""
+        """Convert a fitted RandomForestClassifier whose class ids lie in 0..K-1."""
         parts = {f: [] for f in _NODE_FIELDS}
         values, offsets, depths = [], [0], []
         for est in forest.estimators_:
@@ -61,8 +61,9 @@ class TreeEnsemble:
             for f in _NODE_FIELDS:
                 parts[f].append(nodes[f] if f in nodes.dtype.names else np.zeros(len(nodes), np.uint8))
             v = np.zeros((len(nodes), n_classes), np.float32)
-            # A tree only knows the classes present in its bootstrap sample.
-            v[:, est.classes_.astype(int)] = state["values"][:, 0, :]
+            # Trees work on the forest's encoded classes (0..n-1 over the ids
+            # present); map them back to the ids, which may have gaps.
+            v[:, forest.classes_.astype(int)] = state["values"][:, 0, :]
             v /= np.maximum(v.sum(axis=1, keepdims=True), 1e-12)
             values.append(v)
             offsets.append(offsets[-1] + len(nodes))

@@ -15,14 +15,12 @@ from scipy import ndimage as ndi
 def instances_from_mask(mask: np.ndarray, spacing=None, h: float = 1.5,
                         min_size: int = 8) -> np.ndarray:
     """Instance ids (0 = background) for a boolean foreground mask."""
-    from skimage.morphology import h_maxima, remove_small_objects
+    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    mask = np.asarray(mask, bool)
+    mask = remove_small(np.asarray(mask, bool), min_size)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    if min_size > 1:
-        mask = remove_small_objects(mask, max_size=min_size - 1)
     dist = ndi.distance_transform_edt(mask, sampling=spacing)
     smooth = ndi.gaussian_filter(dist, 1.0)
     seeds, _ = ndi.label(h_maxima(smooth, h) & mask)
@@ -32,6 +30,17 @@ def instances_from_mask(mask: np.ndarray, spacing=None, h: float = 1.5,
     if n:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     return labels.astype(np.int32)
+
+
+def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Mask without connected parts of fewer than min_size pixels."""
+    if min_size <= 1 or not mask.any():
+        return mask
+    parts, _ = ndi.label(mask)
+    sizes = np.bincount(parts.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[parts]
 
 
 def instances_from_segmentation(seg: np.ndarray, foreground: int, spacing=None, **kw) -> np.ndarray:

@@ -70,6 +70,15 @@ def channel_axis_for(shape, spatial_ndim: int, n_channels: int | None = None):
     )
 
 
+def mask_for(image_path, masks_dir) -> Path:
+    """The image file in masks_dir with the same stem as image_path."""
+    masks_dir = Path(masks_dir)
+    found = sorted(p for p in masks_dir.glob(Path(image_path).stem + ".*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise UserInputError(f"no mask for {Path(image_path).name} in {masks_dir}")
+    return found[0]
+
+
 def list_images(folder) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():

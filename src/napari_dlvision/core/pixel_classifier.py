@@ -19,6 +19,7 @@ from .instances import instances_from_segmentation
 from .tiling import CACHE_BYTES, FeatureTiles
 
 KIND = "pixel-random-forest"
+MAX_CLASSES = 64  # more is almost surely an instance mask picked by mistake
 
 
 class PixelClassifier:
@@ -67,6 +68,11 @@ class PixelClassifier:
                 f"only class {int(present[0])} is painted: paint at least two classes"
             )
         n_classes = max(int(present.max()), len(self.class_names))
+        if n_classes > MAX_CLASSES:
+            raise UserInputError(
+                f"the labels use class ids up to {n_classes}: is this an instance mask? "
+                f"Paint strokes with a few classes (at most {MAX_CLASSES})"
+            )
         t0 = time.perf_counter()
         self.ensemble = fit_forest(X, y - 1, n_classes, self.n_trees, self.max_depth)
         self.n_channels, self.ndim = tiles.image.shape[0], tiles.ndim

@@ -283,13 +283,12 @@ class UNetSegmenter:
 
 def dense_instances(prob: np.ndarray, min_size: int = 8, threshold: float = 0.5) -> np.ndarray:
     """Instances from (background, interior, boundary) probabilities."""
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
+    from ..core.instances import remove_small
+
     p_bg, p_in, p_bd = prob[0], prob[1], prob[2]
-    fg = p_bg < threshold
-    if min_size > 1:
-        fg = remove_small_objects(fg, max_size=min_size - 1)
+    fg = remove_small(p_bg < threshold, min_size)
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
     seeds, _ = ndi.label((p_in > threshold) & fg)

@@ -37,6 +37,10 @@ def image_input(image: Image):
     RGB(A) layers carry channels last; the voxel size comes from the layer's
     scale and is None when isotropic.
     """
+    if image.multiscale:
+        raise UserInputError(
+            f"{image.name!r} is a multiscale image; open its full-resolution level as a plain layer"
+        )
     data = np.asarray(image.data)
     axis = -1 if image.rgb else None
     spatial = data.ndim - (1 if image.rgb else 0)
@@ -71,6 +75,9 @@ def visible_box(viewer, image: Image, shape):
     return tuple(box)
 
 
+OUTPUT_TAG = "napari_dlvision_output"  # layer.metadata key marking layers we made
+
+
 def output_layer(viewer, image: Image, kind: str, data: np.ndarray, on_top=None):
     """The layer `<image> <kind>`, created, or updated in place when it fits.
 
@@ -80,8 +87,10 @@ def output_layer(viewer, image: Image, kind: str, data: np.ndarray, on_top=None)
     """
     name = f"{image.name} {kind}"
     n = len(spatial_shape(image))
-    kw = dict(scale=image.scale[-n:], translate=image.translate[-n:])
+    kw = dict(scale=image.scale[-n:], translate=image.translate[-n:], metadata={OUTPUT_TAG: kind})
     layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is not None and (layer is on_top or layer.metadata.get(OUTPUT_TAG) != kind):
+        layer = None  # the user's own layer of that name: never touch it; napari renames ours
     if layer is not None and layer.data.shape == data.shape and layer.data.dtype == data.dtype:
         layer.data[...] = data
         layer.refresh()

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import UserInputError
 from ..core.features import FAMILIES, FAMILY_TITLES, SCALES, FeatureSpec
-from ..core.pixel_classifier import PixelClassifier, segmentation, uncertainty
+from ..core.pixel_classifier import MAX_CLASSES, PixelClassifier, segmentation, uncertainty
 from ._common import (
     JobWidget, ask_in_out_folders, ask_open_path, ask_save_path, button_row, describe_error,
     image_input, output_layer, visible_box,
@@ -50,6 +50,7 @@ class PixelClassifierWidget(JobWidget):
         self._build()
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
+        self.viewer.layers.events.removed.connect(self._forget_features)
         self.labels_combo.changed.connect(self._watch_labels)
         self.reset_choices()
 
@@ -165,14 +166,15 @@ class PixelClassifierWidget(JobWidget):
         layer = self.labels_combo.value
         if layer is None:
             return
-        counts = np.bincount(np.asarray(layer.data).ravel().astype(np.int64, copy=False))
-        if len(counts) - 1 > self.class_table.rowCount():
+        ids, n = np.unique(np.asarray(layer.data), return_counts=True)
+        counts = {int(i): int(c) for i, c in zip(ids, n) if 0 < i <= MAX_CLASSES}
+        top = max(counts, default=0)
+        if top > self.class_table.rowCount():
             names = self.class_names()
-            self._set_class_rows(names + [f"class {k}" for k in range(len(names) + 1, len(counts))])
+            self._set_class_rows(names + [f"class {k}" for k in range(len(names) + 1, top + 1)])
             return
         for r in range(self.class_table.rowCount()):
-            n = int(counts[r + 1]) if r + 1 < len(counts) else 0
-            self.class_table.item(r, 1).setText(str(n))
+            self.class_table.item(r, 1).setText(str(counts.get(r + 1, 0)))
 
     # -- layers -----------------------------------------------------------
     def new_annotation_layer(self):
@@ -223,6 +225,10 @@ class PixelClassifierWidget(JobWidget):
     def set_feature_spec(self, spec: FeatureSpec):
         for (f, s), box in self.feature_boxes.items():
             box.setChecked(any(x.family == f and x.scale == s for x in spec.features))
+
+    def _forget_features(self, *_):
+        """A layer went away: free the cached features (they may be its)."""
+        self._tiles = self._tiles_key = None
 
     def _feature_tiles(self, clf: PixelClassifier, image: Image, training: bool):
         data, axis, spacing = image_input(image)
@@ -319,6 +325,8 @@ class PixelClassifierWidget(JobWidget):
         return path
 
     def load_classifier(self, path) -> PixelClassifier | None:
+        if self.busy():
+            return None
         try:
             clf = PixelClassifier.load(path)
         except UserInputError as e:

@@ -53,17 +53,10 @@ def predict_events(segmenter, data, channel_axis, instances: bool):
 
 def folder_pairs(folder):
     """(images, masks) from `folder/images` and `folder/masks` with matching names."""
-    from ..core.io import list_images, read_image
+    from ..core.io import list_images, mask_for, read_image
 
     folder = Path(folder)
-    images = list_images(folder / "images")
-    masks_dir = folder / "masks"
-    pairs = []
-    for path in images:
-        mask = next((m for m in masks_dir.glob(path.stem + ".*")), None) if masks_dir.is_dir() else None
-        if mask is None:
-            raise UserInputError(f"no mask for {path.name} in {masks_dir}")
-        pairs.append((read_image(path), read_image(mask)))
+    pairs = [(read_image(p), read_image(mask_for(p, folder / "masks"))) for p in list_images(folder / "images")]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -80,7 +73,14 @@ class UNetWidget(JobWidget):
         self._build()
         self.viewer.layers.events.inserted.connect(self.reset_choices)
         self.viewer.layers.events.removed.connect(self.reset_choices)
+        for combo in (self.image_combo, self.labels_combo):
+            combo.changed.connect(self._use_layers)
         self.reset_choices()
+
+    def _use_layers(self, *_):
+        """Picking layers again means training on layers, not the folder."""
+        self.folder_data = None
+        self.folder_label.setText("no folder")
 
     def _build(self):
         lay = QVBoxLayout(self)
@@ -259,6 +259,8 @@ class UNetWidget(JobWidget):
         return self.folder_data
 
     def save_model(self, path):
+        if self.busy():
+            return None
         try:
             if self.segmenter is None or self.segmenter.net is None:
                 raise UserInputError("train or load a U-Net first")
@@ -269,6 +271,8 @@ class UNetWidget(JobWidget):
         return path
 
     def load_model(self, path):
+        if self.busy():
+            return None
         try:
             from ..dl.segmenter import UNetSegmenter
 
