@@ -185,7 +185,28 @@ class JobWidget(QWidget):
             return True
         return False
 
+    def predict_folder_job(self, model, in_dir, out_dir, wanted):
+        """Apply `model` to every image of in_dir, writing TIFFs to out_dir."""
+        if self.busy():
+            return None
+        try:
+            if model is None:
+                raise UserInputError("train or load a model first")
+            from ..core.batch import iter_predict_folder
+            from ..core.io import list_images
+
+            files = list_images(in_dir)
+        except UserInputError as e:
+            return self.error(str(e))
+        self.start(iter_predict_folder(model, files, out_dir, wanted), folder=True)
+
     def _on_yielded(self, event):
+        if self.job.get("folder"):
+            done, total, path = event
+            self.progress.setValue(int(100 * done / total))
+            self.status.setText(f"Predicted {path.name} ({done}/{total})")
+            self.job["complete"] = done == total
+            return
         self.on_event(self.job, event)
 
     def on_event(self, job, event):  # pragma: no cover - abstract

@@ -299,20 +299,8 @@ class PixelClassifierWidget(JobWidget):
 
     def apply_to_folder(self, in_dir, out_dir):
         """Predict every image file of a folder, writing TIFFs to out_dir."""
-        if self.busy():
-            return None
-        try:
-            if self.classifier is None:
-                raise UserInputError("train or load a classifier first")
-            from ..core.batch import iter_predict_folder
-            from ..core.io import list_images
-
-            files = list_images(in_dir)
-        except UserInputError as e:
-            return self.error(str(e))
-        wanted = ["segmentation", "probabilities"] + (["instances"] if self.instances_check.isChecked() else [])
-        gen = iter_predict_folder(self.classifier, files, out_dir, wanted)
-        self.start(gen, image=None, clf=self.classifier, folder=True)
+        extra = ["instances"] if self.instances_check.isChecked() else []
+        return self.predict_folder_job(self.classifier, in_dir, out_dir, ["segmentation", "probabilities", *extra])
 
     def save_classifier(self, path) -> Path | None:
         try:
@@ -342,12 +330,6 @@ class PixelClassifierWidget(JobWidget):
 
     # -- worker plumbing --------------------------------------------------
     def on_event(self, job, ev):
-        if job.get("folder"):
-            done, total, path = ev
-            self.progress.setValue(int(100 * done / total))
-            self.status.setText(f"Predicted {path.name} ({done}/{total})")
-            job["complete"] = done == total
-            return
         stage = ev.stage
         self.status.setText({
             "features": "Computing features of labelled tiles…",

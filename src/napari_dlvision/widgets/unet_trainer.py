@@ -234,19 +234,7 @@ class UNetWidget(JobWidget):
         self.start(gen, kind="predict", segmenter=self.segmenter, image=image)
 
     def predict_folder(self, in_dir, out_dir):
-        if self.busy():
-            return None
-        try:
-            if self.segmenter is None:
-                raise UserInputError("train or load a U-Net first")
-            from ..core.batch import iter_predict_folder
-            from ..core.io import list_images
-
-            files = list_images(in_dir)
-        except UserInputError as e:
-            return self.error(str(e))
-        gen = iter_predict_folder(self.segmenter, files, out_dir, ["segmentation", "probabilities", "instances"])
-        self.start(gen, kind="folder", segmenter=self.segmenter)
+        return self.predict_folder_job(self.segmenter, in_dir, out_dir, ["segmentation", "probabilities", "instances"])
 
     def load_folder(self, folder):
         """Use FOLDER/images + FOLDER/masks (dense instance masks) as training data."""
@@ -288,12 +276,7 @@ class UNetWidget(JobWidget):
     # -- events -----------------------------------------------------------
     def on_event(self, job, ev):
         kind = job["kind"]
-        if kind == "folder":
-            done, total, path = ev
-            self.progress.setValue(int(100 * done / total))
-            self.status.setText(f"Predicted {path.name} ({done}/{total})")
-            job["complete"] = done == total
-        elif kind == "predict":
+        if kind == "predict":
             if ev[0] == "predicting":
                 self.progress.setValue(int(100 * ev[1] / ev[2]))
                 self.status.setText("Predicting…")
@@ -320,7 +303,7 @@ class UNetWidget(JobWidget):
             self.progress.setValue(100)
 
     def on_end(self, job):
-        if job["kind"] != "train":
+        if job.get("kind") != "train":
             return
         seg = job["segmenter"]
         if seg.net is None:
