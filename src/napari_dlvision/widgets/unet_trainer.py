@@ -9,6 +9,7 @@ only when a button needs it, so opening the widget stays light.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +220,7 @@ class UNetWidget(JobWidget):
         image = self.image_combo.value if self.folder_data is None else None
         self.start(gen, kind="train", segmenter=seg, image=image, offset=self.plot.steps[-1] if self.plot.steps else 0)
 
-    def predict_layer(self, image: Image | None):
+    def predict_layer(self, image: Image | None, note: str = ""):
         if self.busy():
             return None
         try:
@@ -231,7 +232,7 @@ class UNetWidget(JobWidget):
             gen = predict_events(self.segmenter, data, axis, instances=True)
         except UserInputError as e:
             return self.error(str(e))
-        self.start(gen, kind="predict", segmenter=self.segmenter, image=image)
+        self.start(gen, kind="predict", segmenter=self.segmenter, image=image, note=note)
 
     def predict_folder(self, in_dir, out_dir):
         return self.predict_folder_job(self.segmenter, in_dir, out_dir, ["segmentation", "probabilities", "instances"])
@@ -284,7 +285,7 @@ class UNetWidget(JobWidget):
                 job["complete"] = True
                 self._show(job["image"], job["segmenter"], ev[1]["probabilities"], ev[1].get("instances"))
                 self.progress.setValue(100)
-                self.status.setText("Prediction done.")
+                self.status.setText(job["note"] + f"Prediction done in {time.perf_counter() - job['t0']:.1f} s.")
         else:
             self._on_train_event(job, ev)
 
@@ -312,7 +313,11 @@ class UNetWidget(JobWidget):
         image = job["image"]
         if image is not None and image in self.viewer.layers and self.last_error is None:
             # The final overlay, from the kept weights, with instances.
-            self._restart = lambda: self.predict_layer(image)
+            t = seg.training
+            how = {"closed": "stopped", "time limit": "reached its time limit"}.get(t.get("stopped"), t.get("stopped", "ended"))
+            note = (f"Training {how} after {t.get('steps')} steps in "
+                    f"{t.get('seconds')} s, best weights kept (step {seg.metrics.get('best_step')}). ")
+            self._restart = lambda: self.predict_layer(image, note)
 
     def _show(self, image, seg, prob, instances=None):
         labels = self.labels_combo.value
