@@ -101,9 +101,14 @@ class PixelClassifier:
         return FeatureTiles(img, self.spec, spacing, tile_shape=tile_shape, cache_bytes=cache_bytes)
 
     def _check_compatible(self, img_cf):
+        self.check_shape(img_cf.shape, channel_axis=0)
+
+    def check_shape(self, shape, channel_axis=None):
+        """Raise a readable error unless an image of this shape fits the model."""
         if self.ensemble is None:
             raise UserInputError("the classifier is not trained yet")
-        n_ch, ndim = img_cf.shape[0], img_cf.ndim - 1
+        n_ch = 1 if channel_axis is None else shape[channel_axis]
+        ndim = len(shape) - (0 if channel_axis is None else 1)
         if ndim != self.ndim:
             raise UserInputError(
                 f"the classifier was trained on {self.ndim}D images; this image is {ndim}D"

@@ -26,7 +26,7 @@ from ..core.features import FAMILIES, FAMILY_TITLES, SCALES, FeatureSpec
 from ..core.pixel_classifier import MAX_CLASSES, PixelClassifier, segmentation, uncertainty
 from ._common import (
     JobWidget, ask_in_out_folders, ask_open_path, ask_save_path, button_row, describe_error,
-    image_input, output_layer, visible_box,
+    image_input, output_layer, spatial_shape, visible_box,
 )
 
 LIVE_DELAY_MS = 150  # wait this long after a stroke before retraining
@@ -230,15 +230,25 @@ class PixelClassifierWidget(JobWidget):
         """A layer went away: free the cached features (they may be its)."""
         self._tiles = self._tiles_key = None
 
-    def _feature_tiles(self, clf: PixelClassifier, image: Image, training: bool):
+    def _cached_tiles(self, clf: PixelClassifier, image: Image, run):
+        """Generator for the worker: the image's feature tiles, then `run(tiles)`.
+
+        Converting and checking a big image takes a while, so it happens in
+        the worker; the tiles (and their feature cache) are kept for the next
+        run on the same image and feature set. One job runs at a time, so the
+        worker may set the cache.
+        """
         data, axis, spacing = image_input(image)
         key = (id(image), id(image.data), clf.spec, spacing)
-        if key != self._tiles_key:
-            # Features of a new image or feature set: drop the old cache first.
-            self._tiles = None
-            self._tiles = clf.feature_tiles(data, axis, spacing, cache_bytes=2 << 30, training=training)
-            self._tiles_key = key
-        return self._tiles
+
+        def job():
+            if key != self._tiles_key:
+                self._tiles = self._tiles_key = None  # free the old features first
+                self._tiles = clf.feature_tiles(data, axis, spacing, cache_bytes=2 << 30, training=True)
+                self._tiles_key = key
+            yield from run(self._tiles)
+
+        return job()
 
     # -- actions ----------------------------------------------------------
     def train(self):
@@ -257,20 +267,22 @@ class PixelClassifierWidget(JobWidget):
 
             clf = PixelClassifier(self.feature_spec(), self.trees_spin.value(),
                                   self.depth_spin.value() or None, self.class_names())
-            tiles = self._feature_tiles(clf, image, training=True)
+            shape = spatial_shape(image)
             # A snapshot: painting may go on while the worker reads.
             snapshot = np.array(labels.data)
-            if snapshot.shape != tiles.shape:
+            if snapshot.shape != shape:
                 raise UserInputError(
                     f"annotations {labels.name!r} have shape {snapshot.shape} "
-                    f"but image {image.name!r} has {tiles.shape}"
+                    f"but image {image.name!r} has {shape}"
                 )
             self.update_counts()
             instances_of = self._instances_class(snapshot)
-            focus = visible_box(self.viewer, image, tiles.shape)
+            focus = visible_box(self.viewer, image, shape)
+            gen = self._cached_tiles(
+                clf, image, lambda tiles: train_and_predict(clf, tiles, snapshot, focus, instances_of))
         except UserInputError as e:
             return self.error(str(e))
-        self.start(train_and_predict(clf, tiles, snapshot, focus, instances_of), image=image, clf=clf, shape=tiles.shape)
+        self.start(gen, image=image, clf=clf, shape=shape)
 
     def _instances_class(self, labels=None):
         if not self.instances_check.isChecked():
@@ -289,13 +301,18 @@ class PixelClassifierWidget(JobWidget):
                 raise UserInputError("choose an image layer to apply the classifier to")
             from ..core.live import predict_events
 
+            clf = self.classifier
             data, axis, spacing = image_input(image)
-            tiles = self.classifier.feature_tiles(data, axis, spacing)
-            focus = visible_box(self.viewer, image, tiles.shape)
-            fg = self.classifier.n_classes if self.instances_check.isChecked() else None
+            clf.check_shape(data.shape, axis)  # cheap: the full check runs in the worker
+            shape = spatial_shape(image)
+            focus = visible_box(self.viewer, image, shape)
+            fg = clf.n_classes if self.instances_check.isChecked() else None
+
+            def gen():  # in the worker: building tiles converts the whole image
+                yield from predict_events(clf, clf.feature_tiles(data, axis, spacing), focus, fg)
         except UserInputError as e:
             return self.error(str(e))
-        self.start(predict_events(self.classifier, tiles, focus, fg), image=image, clf=self.classifier, shape=tiles.shape)
+        self.start(gen(), image=image, clf=clf, shape=shape)
 
     def apply_to_folder(self, in_dir, out_dir):
         """Predict every image file of a folder, writing TIFFs to out_dir."""
