@@ -11,10 +11,17 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
-from .errors import UserInputError
+from .errors import ModelFileError, UserInputError
 from .features import n_threads
 
 _NODE_FIELDS = ("left_child", "right_child", "feature", "threshold", "missing_go_to_left")
+TREE_LEAF = -1  # scikit-learn's child index of a leaf
+# Sanity bounds for forests read from files and for training settings; far
+# above any useful forest (the widget offers up to 1000 trees).
+MAX_TREES = 10_000
+MAX_FEATURES = 1 << 16
+MAX_CLASSES = 65535
+_F32_MAX = float(np.finfo(np.float32).max)
 # Training on more pixels than this adds time, not accuracy: subsample.
 MAX_TRAINING_PIXELS = 200_000
 TREE_SAMPLES_FRACTION, TREE_SAMPLES_MIN = 0.05, 50
@@ -25,10 +32,18 @@ class TreeEnsemble:
     """Averaged class probabilities of decision trees stored as arrays."""
 
     def __init__(self, arrays: dict[str, np.ndarray], n_features: int, n_classes: int):
+        """Build the trees from arrays, after checking every one of them.
+
+        scikit-learn's Tree trusts its nodes: a child index out of range
+        reads outside memory (a crash) and a cycle loops forever in apply().
+        Arrays from a file are hostile until checked, so anything that is
+        not a well-formed forest is refused with a one-line ModelFileError.
+        """
         from sklearn.tree._tree import NODE_DTYPE, Tree
 
+        arrays = _checked_forest(arrays, n_features, n_classes)
         self.arrays = arrays
-        self.n_features, self.n_classes = n_features, n_classes
+        self.n_features, self.n_classes = int(n_features), int(n_classes)
         self.trees, self.leaf_values = [], []
         bounds = arrays["tree_offsets"]
         for t in range(len(bounds) - 1):
@@ -79,7 +94,10 @@ class TreeEnsemble:
 
     def predict_proba(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """X (N, F) -> probabilities (N, K) float32."""
-        X = np.ascontiguousarray(X, dtype=np.float32)
+        # Values beyond float32 become +-inf, which lie beyond every threshold
+        # just as the clipped training values did (see _training_features).
+        with np.errstate(over="ignore"):
+            X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise UserInputError(
                 f"the classifier expects {self.n_features} features per pixel, got {X.shape[-1]}"
@@ -112,12 +130,25 @@ def fit_forest(X: np.ndarray, y: np.ndarray, n_classes: int, n_trees: int = 50,
     """Fit on labelled pixels: X (N, F), y (N,) in 0..n_classes-1."""
     from sklearn.ensemble import RandomForestClassifier
 
+    if not _is_int(n_trees) or not 1 <= n_trees <= MAX_TREES:
+        raise UserInputError(f"the number of trees must be a whole number from 1 to {MAX_TREES}, got {n_trees!r}")
+    if max_depth is not None and (not _is_int(max_depth) or max_depth < 0):
+        raise UserInputError(f"the maximum tree depth must be 0 (unlimited) or a positive whole number, "
+                             f"got {max_depth!r}")
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y):
+        raise ValueError(f"fit_forest needs X (N, F) and y (N,), got {X.shape} and {y.shape}")
+    if len(y) == 0:
+        raise UserInputError("no labelled pixels to train on: paint strokes of at least two classes")
+    if X.shape[1] == 0:
+        raise UserInputError("no features to train on: select at least one feature")
     if len(np.unique(y)) < 2:
         raise UserInputError("paint at least two classes before training")
     if len(y) > MAX_TRAINING_PIXELS:
         rng = np.random.default_rng(random_state)
         keep = _balanced_subsample(y, MAX_TRAINING_PIXELS, rng)
         X, y = X[keep], y[keep]
+    X = _training_features(X)
     # Each tree sees a small bootstrap sample (5%, at least 50 pixels). On
     # sparse strokes this decorrelates the trees, so class boundaries fall
     # between the strokes instead of where one large-scale feature happens
@@ -131,7 +162,11 @@ def fit_forest(X: np.ndarray, y: np.ndarray, n_classes: int, n_trees: int = 50,
         n_jobs=n_threads(),
         random_state=random_state,
     )
-    clf.fit(np.ascontiguousarray(X, np.float32), y)
+    # scikit-learn's finiteness check sums X first; with values near the
+    # float32 limit the sum overflows and numpy warns on stderr, which the
+    # CLI promises to keep to one line. The values themselves are finite.
+    with np.errstate(over="ignore", invalid="ignore"):
+        clf.fit(X, y)
     return TreeEnsemble.from_sklearn(clf, n_classes)
 
 
@@ -144,3 +179,128 @@ def _balanced_subsample(y, n, rng):
         idx = np.flatnonzero(y == c)
         keep.append(rng.choice(idx, min(share, len(idx)), replace=False))
     return np.sort(np.concatenate(keep))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _training_features(X: np.ndarray) -> np.ndarray:
+    """X as C-contiguous float32 that scikit-learn accepts.
+
+    Trees split in float32; scikit-learn refuses values that overflow it
+    ("contains infinity"), which a legitimate image of huge floats gives.
+    Clipping to the float32 range keeps their order, which is all a split
+    needs. NaN has no order: refused with a readable message.
+    """
+    if X.dtype.kind == "f":
+        if np.isnan(X).any():
+            raise UserInputError("the features contain NaN (not a number): does the image contain NaN?")
+        X = np.clip(X, -_F32_MAX, _F32_MAX)
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _checked_forest(arrays, n_features, n_classes) -> dict[str, np.ndarray]:
+    """The forest's arrays in canonical dtypes, or ModelFileError if they are not a forest.
+
+    Each tree t covers nodes tree_offsets[t]:tree_offsets[t+1], numbered
+    locally from 0 (the root). A node is a leaf (both children TREE_LEAF) or
+    a split whose children are later nodes of the same tree; every node but
+    the root has exactly one parent. Children after their parent make the
+    tree acyclic, so apply() always ends at a leaf within the tree.
+    """
+
+    def bad(msg):
+        raise ModelFileError(f"damaged forest: {msg}")
+
+    if not _is_int(n_features) or not 1 <= n_features <= MAX_FEATURES:
+        bad(f"n_features must be 1..{MAX_FEATURES}, got {n_features!r}")
+    if not _is_int(n_classes) or not 1 <= n_classes <= MAX_CLASSES:
+        bad(f"n_classes must be 1..{MAX_CLASSES}, got {n_classes!r}")
+    if not isinstance(arrays, dict):
+        bad("the arrays are not a mapping")
+
+    def get(key, kinds, ndim, required=True):
+        if key not in arrays:
+            if required:
+                bad(f"array {key!r} is missing")
+            return None
+        a = np.asarray(arrays[key])
+        if a.dtype.kind not in kinds:
+            bad(f"array {key!r} has dtype {a.dtype}")
+        if a.ndim != ndim:
+            bad(f"array {key!r} has shape {a.shape}, expected {ndim}-D")
+        return a
+
+    offsets = get("tree_offsets", "iu", 1)
+    n_trees = len(offsets) - 1
+    if not 1 <= n_trees <= MAX_TREES:
+        bad(f"it holds {max(n_trees, 0)} trees, expected 1..{MAX_TREES}")
+    if offsets.dtype.kind == "u" and offsets.max() > np.iinfo(np.int64).max:
+        bad("tree_offsets out of range")
+    offsets = offsets.astype(np.int64)
+    sizes = np.diff(offsets)
+    if offsets[0] != 0:
+        bad(f"tree_offsets must start at 0, got {offsets[0]}")
+    if (sizes <= 0).any():
+        t = int(np.flatnonzero(sizes <= 0)[0])
+        bad(f"tree {t} is empty (tree_offsets must increase strictly)")
+    n = int(offsets[-1])
+
+    left, right, feature = (get(k, "i", 1) for k in ("left_child", "right_child", "feature"))
+    threshold = get("threshold", "f", 1)
+    values = get("values", "f", 2)
+    max_depth = get("max_depth", "iu", 1)
+    missing_left = get("missing_go_to_left", "ub", 1, required=False)
+    if missing_left is None:  # written by a scikit-learn without missing-value support
+        missing_left = np.zeros(n, np.uint8)
+    for key, a in (("left_child", left), ("right_child", right), ("feature", feature),
+                   ("threshold", threshold), ("missing_go_to_left", missing_left)):
+        if len(a) != n:
+            bad(f"array {key!r} has {len(a)} entries, tree_offsets says {n} nodes")
+    if values.shape != (n, n_classes):
+        bad(f"array 'values' has shape {values.shape}, expected ({n}, {n_classes})")
+    if len(max_depth) != n_trees:
+        bad(f"array 'max_depth' has {len(max_depth)} entries for {n_trees} trees")
+
+    left, right, feature = (a.astype(np.int64) for a in (left, right, feature))
+    tree_of = np.repeat(np.arange(n_trees), sizes)
+    start = offsets[:-1][tree_of]
+    local = np.arange(n, dtype=np.int64) - start
+    size = sizes[tree_of]
+
+    def where(mask):
+        i = int(np.flatnonzero(mask)[0])
+        return i, f"tree {int(tree_of[i])}, node {int(local[i])}"
+
+    leaf = (left == TREE_LEAF) & (right == TREE_LEAF)
+    split = ~leaf
+    inside = (left > local) & (left < size) & (right > local) & (right < size)
+    if (split & ~inside).any():
+        i, at = where(split & ~inside)
+        bad(f"{at}: children {int(left[i])}, {int(right[i])} are neither leaves ({TREE_LEAF}) "
+            f"nor later nodes of the same tree")
+    parents = np.bincount(np.concatenate([left[split], right[split]]) + np.tile(start[split], 2), minlength=n)
+    if (parents != (local != 0)).any():
+        i, at = where(parents != (local != 0))
+        bad(f"{at} has {int(parents[i])} parents (a tree node has one, the root none)")
+    if (split & ((feature < 0) | (feature >= n_features))).any():
+        i, at = where(split & ((feature < 0) | (feature >= n_features)))
+        bad(f"{at}: feature {int(feature[i])} is not in 0..{n_features - 1}")
+    if not np.isfinite(threshold).all():
+        bad(f"{where(~np.isfinite(threshold))[1]}: threshold is not finite")
+    # Leaf values are used as float32: larger ones would become infinite.
+    good_values = np.isfinite(values) & (values >= 0) & (values <= _F32_MAX)
+    if not good_values.all():
+        bad(f"{where(~good_values.all(axis=1))[1]}: class values must be finite, >= 0 and within float32")
+    if ((missing_left != 0) & (missing_left != 1)).any():
+        bad("missing_go_to_left must hold 0 or 1")
+    # A binary tree of k nodes is at most (k - 1) // 2 levels deep.
+    if (max_depth < 0).any() or (max_depth > (sizes - 1) // 2).any():
+        t = int(np.flatnonzero((max_depth < 0) | (max_depth > (sizes - 1) // 2))[0])
+        bad(f"tree {t}: max_depth {int(max_depth[t])} does not fit its {int(sizes[t])} nodes")
+    return {
+        "left_child": left, "right_child": right, "feature": feature,
+        "threshold": threshold.astype(np.float64), "missing_go_to_left": missing_left.astype(np.uint8),
+        "values": values.astype(np.float32), "tree_offsets": offsets, "max_depth": max_depth.astype(np.int64),
+    }

@@ -1,7 +1,16 @@
-"""Reading images and labels from disk, writing results; readable errors."""
+"""Reading images and labels from disk, writing results; readable errors.
+
+Every output goes through `atomic_output`, so an interrupted run (an error,
+Ctrl-C, a full disk) never leaves a half-written file where the user's
+previous result was; `check_outputs` refuses, before any computation, an
+output that would overwrite one of the inputs.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +18,11 @@ import numpy as np
 from .errors import UserInputError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+# JPEG is lossy: written labels or probabilities would come back different.
+WRITE_SUFFIXES = (".tif", ".tiff", ".png")
+
+# TIFF ExtraSamples values that mean "this sample is transparency".
+_TIFF_ALPHA = (1, 2)  # associated (pre-multiplied) alpha, unassociated alpha
 
 
 def read_image(path) -> np.ndarray:
@@ -20,27 +34,175 @@ def read_image(path) -> np.ndarray:
         raise UserInputError(f"{path}: unsupported file type; use TIFF, PNG or JPEG")
     try:
         if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(path)
+            return _read_tiff(path)
         import imageio.v3 as iio
 
         img = iio.imread(path)
-        if img.ndim == 3 and img.shape[-1] == 4:  # drop alpha: it is no image content
-            img = img[..., :3]
+        # Alpha is no image content: drop it from RGBA and grey+alpha alike,
+        # so a PNG saved with transparency trains and predicts like without.
+        if img.ndim == 3 and img.shape[-1] in (2, 4):
+            img = img[..., :-1]
+            if img.shape[-1] == 1:
+                img = img[..., 0]
         return img
     except Exception as e:  # any decoder failure means the same to the user
-        raise UserInputError(f"cannot read {path}: {e}") from None
+        raise UserInputError(f"cannot read {path}: {_one_line(e)}") from None
+
+
+def _read_tiff(path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        img = series.asarray()
+        extras = tuple(int(e) for e in (series.keyframe.extrasamples or ()))
+        axes = series.axes
+    # Only samples the file itself marks as alpha are dropped: a 4-channel
+    # TIFF whose extra sample is "unspecified" is 4 channels of data.
+    if "S" not in axes or not any(e in _TIFF_ALPHA for e in extras) or len(axes) != img.ndim:
+        return img
+    axis = axes.index("S")
+    n = img.shape[axis]
+    # ExtraSamples describes the last len(extras) samples of each pixel.
+    alpha = [n - len(extras) + i for i, e in enumerate(extras) if e in _TIFF_ALPHA]
+    img = np.delete(img, alpha, axis=axis)
+    if img.shape[axis] == 1:
+        img = np.squeeze(img, axis=axis)
+    return img
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside `path`; move it into place only on success.
+
+    The temporary name keeps the suffix, so writers that choose the format
+    from the name (tifffile, imageio) write the right one. On any exception,
+    KeyboardInterrupt included, the temporary file is removed and the file
+    that was at `path` before is left as it was. A symlink is written
+    through (its target is replaced), as a plain open() would.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path))
+    if target.is_dir():
+        raise UserInputError(f"output {path} is a folder; give a file name")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UserInputError(f"cannot write {path}: output folder does not exist")
+    # Hidden (dot) name, so a leftover from a killed process is skipped by
+    # list_images; not created here, so the writer creates it with the
+    # user's usual permissions (mkstemp would make it private).
+    tmp = folder / f".{target.name}.{secrets.token_hex(6)}.partial{target.suffix}"
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise RuntimeError(f"the writer did not create {tmp}")
+        # Flush to disk before the rename: otherwise a power cut right after
+        # it can leave an empty file under the final name on some systems.
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_image(path, array) -> Path:
+    """Write `array` in the format the file name says (.tif/.tiff or .png), atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise UserInputError(
+            f"{path}: cannot write {suffix or 'files without an extension'}; "
+            f"use one of {', '.join(WRITE_SUFFIXES)}"
+        )
+    array = np.asarray(array)
+    if suffix == ".png":
+        array = _png_array(path, array)
+    with atomic_output(path) as tmp:
+        if suffix == ".png":
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, array, extension=".png")
+        else:
+            import tifffile
+
+            tifffile.imwrite(tmp, array, compression="zlib")
+    return path
+
+
+def _png_array(path, array: np.ndarray) -> np.ndarray:
+    """The array as PNG can hold it exactly, or a UserInputError saying to use TIFF."""
+    shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    elif array.dtype.kind in "iu" and array.dtype not in (np.uint8, np.uint16) and array.size:
+        # Labels and instances are often int32 with small values: store them
+        # exactly in the smallest PNG type that holds every value.
+        lo, hi = int(array.min()), int(array.max())
+        if lo >= 0 and hi <= 65535:
+            array = array.astype(np.uint8 if hi <= 255 else np.uint16)
+    if not shape_ok or array.dtype not in (np.uint8, np.uint16):
+        raise UserInputError(
+            f"{path}: PNG holds only 8/16-bit grey or 8-bit RGB(A) images; this is "
+            f"{array.dtype} of shape {array.shape}, so write it as .tif"
+        )
+    if array.ndim == 3 and array.dtype == np.uint16:  # Pillow writes no 16-bit colour
+        raise UserInputError(f"{path}: PNG cannot hold 16-bit colour here; write it as .tif")
+    return array
 
 
 def write_tif(path, array: np.ndarray) -> Path:
-    import tifffile
+    """Kept for callers of the old name: writes what the extension says."""
+    return write_image(path, array)
 
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise UserInputError(f"output folder does not exist: {path.parent}")
-    tifffile.imwrite(path, np.asarray(array), compression="zlib")
-    return path
+
+def check_outputs(inputs, outputs) -> None:
+    """Refuse outputs that would overwrite an input or each other; call before any work.
+
+    `inputs` and `outputs` are iterables of paths; None entries (outputs not
+    asked for) are skipped. Paths are compared after resolving symlinks,
+    `..` and relative parts, and with os.path.samefile for files that exist
+    (hard links). Two names that differ only in case on a case-insensitive
+    file system are not detected unless the file exists.
+    """
+    ins = [Path(p) for p in inputs if p is not None]
+    outs = [Path(p) for p in outputs if p is not None]
+    in_real = [os.path.realpath(p) for p in ins]
+    seen: list[tuple[Path, str]] = []
+    for out in outs:
+        real = os.path.realpath(out)
+        if os.path.isdir(real):
+            raise UserInputError(f"output {out} is a folder; give a file name")
+        if not os.path.isdir(os.path.dirname(real)):
+            raise UserInputError(f"cannot write {out}: output folder does not exist")
+        for inp, inp_real in zip(ins, in_real):
+            if real == inp_real or _same_existing(real, inp_real):
+                raise UserInputError(f"output {out} would overwrite the input {inp}; choose another name")
+        for other, other_real in seen:
+            if real == other_real or _same_existing(real, other_real):
+                raise UserInputError(f"outputs {other} and {out} are the same file; give each its own name")
+        seen.append((out, real))
+
+
+def _same_existing(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): realpath comparison decides
+        return False
+
+
+def outputs_inside(input_dir, output_dir) -> bool:
+    """True when output_dir is input_dir or lies inside it (after resolving links).
+
+    Folder prediction into such a folder would mix results with inputs, and
+    a second run would take the results for inputs.
+    """
+    inp = Path(os.path.realpath(input_dir))
+    out = Path(os.path.realpath(output_dir))
+    if out == inp or inp in out.parents:
+        return True
+    return os.path.isdir(out) and os.path.isdir(inp) and _same_existing(str(out), str(inp))
 
 
 def channel_axis_for(shape, spatial_ndim: int, n_channels: int | None = None):
@@ -71,19 +233,45 @@ def channel_axis_for(shape, spatial_ndim: int, n_channels: int | None = None):
 
 
 def mask_for(image_path, masks_dir) -> Path:
-    """The image file in masks_dir with the same stem as image_path."""
+    """The image file in masks_dir with the same stem as image_path.
+
+    Stems are compared as strings, not globbed: `a[1].png` must find
+    `a[1].tif`, which a glob pattern would read as a character class.
+    """
     masks_dir = Path(masks_dir)
-    found = sorted(p for p in masks_dir.glob(Path(image_path).stem + ".*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not masks_dir.is_dir():
+        raise UserInputError(f"folder not found: {masks_dir}")
+    stem = Path(image_path).stem
+    found = sorted(
+        p for p in masks_dir.iterdir()
+        if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
     if not found:
         raise UserInputError(f"no mask for {Path(image_path).name} in {masks_dir}")
     return found[0]
 
 
-def list_images(folder) -> list[Path]:
+def list_images(folder, exclude=()) -> list[Path]:
+    """Image files in folder, sorted; hidden files and paths in `exclude` left out.
+
+    Hidden names are skipped because they are not the user's images:
+    atomic_output's temporary files and macOS's `._name` companions.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserInputError(f"folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    skip = {os.path.realpath(p) for p in exclude}
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        and p.is_file() and os.path.realpath(p) not in skip
+    )
     if not files:
         raise UserInputError(f"no TIFF, PNG or JPEG images in {folder}")
     return files
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception as one short line: decoders' messages can span many."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
