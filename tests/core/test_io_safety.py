@@ -57,6 +57,12 @@ def test_successful_write_replaces_and_follows_symlinks(tmp_path):
     assert link.is_symlink() and out.read_bytes() == b"through the link"
 
 
+def test_long_names_get_a_short_temporary_name(tmp_path):
+    out = tmp_path / ("x" * 240 + ".tif")
+    np.testing.assert_array_equal(tifffile.imread(write_image(out, np.ones((2, 3), np.uint8))), 1)
+    assert names(tmp_path) == [out.name]
+
+
 def test_atomic_output_refuses_missing_folder_and_folders(tmp_path):
     with pytest.raises(UserInputError, match="output folder does not exist") as e:
         with atomic_output(tmp_path / "nowhere" / "a.tif"):

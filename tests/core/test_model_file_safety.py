@@ -307,6 +307,7 @@ def test_hostile_json(good_file, tmp_path):
     ({"ndim": 4}, "ndim must be one of 2, 3"),
     ({"spacing": [0, 0]}, r"spacing\[0\] must be a number > 0, got 0"),
     ({"spacing": [1.0]}, "spacing must have 2 entries"),
+    ({"spacing": [10**400, 1]}, r"spacing\[0\] must be a number > 0"),
     ({"spacing": ["1", "1"]}, r"spacing\[0\] must be a number"),
     ({"spacing": 1.0}, "spacing must be a list"),
     ({"training": "fast"}, "training must be an object"),

@@ -91,7 +91,8 @@ def atomic_output(path):
     # Hidden (dot) name, so a leftover from a killed process is skipped by
     # list_images; not created here, so the writer creates it with the
     # user's usual permissions (mkstemp would make it private).
-    tmp = folder / f".{target.name}.{secrets.token_hex(6)}.partial{target.suffix}"
+    # The name is shortened so the temporary one stays within the usual 255-byte limit.
+    tmp = folder / f".{target.name[:100]}.{secrets.token_hex(6)}.partial{target.suffix[:20]}"
     try:
         yield tmp
         if not tmp.is_file():

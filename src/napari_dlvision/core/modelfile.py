@@ -405,9 +405,14 @@ def _check_value(v, name, kind, lo, hi, gt, choices, path):
             raise bad
         v = int(v)
     elif kind is float:
-        if not (_is_int(v) or isinstance(v, (float, np.floating))) or not math.isfinite(v):
+        if not (_is_int(v) or isinstance(v, (float, np.floating))):
             raise bad
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:  # an integer of hundreds of digits
+            raise bad from None
+        if not math.isfinite(v):
+            raise bad
     elif kind is bool:
         if not isinstance(v, (bool, np.bool_)):
             raise bad
