@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from napari_dlvision.core.errors import UserInputError
+from napari_dlvision.core.images import as_channels_first
 from napari_dlvision.core.features import (
-    FAMILIES, Feature, FeatureSpec, compute_features, as_channels_first,
+    FAMILIES, Feature, FeatureSpec, compute_features,
 )
 from napari_dlvision.core.tiling import FeatureTiles
 

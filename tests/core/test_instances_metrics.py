@@ -1,6 +1,6 @@
 import numpy as np
 
-from napari_dlvision.core.instances import instances_from_mask
+from napari_dlvision.core.instances import instances_from_interior, instances_from_mask
 from napari_dlvision.core.metrics import instance_f1, iou
 
 
@@ -41,3 +41,19 @@ def test_metrics():
     pred[pred == 3] = 0  # one missed object
     assert instance_f1(pred, truth) == 2 * 2 / (2 + 3)
     assert instance_f1(truth, truth) == 1.0
+
+
+def test_dense_instances_from_probabilities():
+    """Two interiors separated by a boundary line become two objects; stray fg stays one."""
+    prob = np.zeros((3, 32, 32), np.float32)
+    prob[0] = 1
+    fg = np.zeros((32, 32), bool)
+    fg[4:20, 4:28] = True
+    prob[:, fg] = np.array([0, 1, 0])[:, None]
+    prob[:, 4:20, 15:17] = np.array([0, 0, 1])[:, None, None]  # the boundary between them
+    prob[:, 26:30, 26:30] = np.array([0.1, 0.2, 0.7])[:, None, None]  # boundary-only blob
+    inst = instances_from_interior(*prob)
+    assert len(np.unique(inst[inst > 0])) == 3
+    assert inst[10, 8] != inst[10, 22] and inst[10, 8] > 0 and inst[10, 22] > 0
+    assert (inst[fg] > 0).all()
+    assert instances_from_interior(*np.stack([np.ones((8, 8)), np.zeros((8, 8)), np.zeros((8, 8))])).max() == 0

@@ -8,7 +8,8 @@ from napari_dlvision.core.errors import ModelFileError, UserInputError
 from napari_dlvision.core.features import FeatureSpec
 from napari_dlvision.core.instances import instances_from_segmentation
 from napari_dlvision.core.metrics import instance_f1, iou
-from napari_dlvision.core.pixel_classifier import PixelClassifier, segmentation, uncertainty
+from napari_dlvision.core.pixel_classifier import PixelClassifier
+from napari_dlvision.core.probabilities import segmentation, uncertainty
 from napari_dlvision.data.synthetic import NUCLEUS
 
 

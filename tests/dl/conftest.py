@@ -69,7 +69,7 @@ def test2d():
 def sparse_run(train2d):
     """A U-Net trained briefly from scribbles: (segmenter, training events)."""
     from napari_dlvision.dl.segmenter import UNetSegmenter
-    from napari_dlvision.dl.train import TrainSettings, train_unet
+    from napari_dlvision.dl.pixel_train import TrainSettings, train_unet
 
     seg = UNetSegmenter(mode="sparse", class_names=["background", "nucleus"])
     settings = TrainSettings(steps=150, patch_size=64, batch_size=4, seed=0)
@@ -81,7 +81,7 @@ def sparse_run(train2d):
 def dense_run():
     """A U-Net trained briefly on touching disc pairs from instance masks."""
     from napari_dlvision.dl.segmenter import UNetSegmenter
-    from napari_dlvision.dl.train import TrainSettings, train_unet
+    from napari_dlvision.dl.pixel_train import TrainSettings, train_unet
 
     image, inst = _touching_pairs((128, 128), 9, seed=0)
     seg = UNetSegmenter(mode="dense")

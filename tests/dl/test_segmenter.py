@@ -12,7 +12,7 @@ from napari_dlvision.core import modelfile
 from napari_dlvision.core.errors import ModelFileError, UserInputError
 from napari_dlvision.core.pixel_classifier import PixelClassifier
 from napari_dlvision.data.synthetic import nuclei
-from napari_dlvision.dl.segmenter import UNetSegmenter, dense_instances
+from napari_dlvision.dl.segmenter import UNetSegmenter
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +31,19 @@ def test_tiled_prediction_equals_whole_image(sparse_run, wide, tile_shape):
 
 def test_default_tiling_follows_the_memory_budget(sparse_run, wide, monkeypatch):
     import napari_dlvision.dl.segmenter as module
+    import napari_dlvision.dl.tiled as tiled
 
     seg, _ = sparse_run
     cpu = torch.device("cpu")
     assert seg.tile_plan(wide.shape, cpu) == (wide.shape, seg.halo)  # fits: one tile
     whole = seg.predict_proba(wide, tile_shape=wide.shape)
     per_voxel = module.BYTES_PER_VOXEL_PER_CHANNEL * seg.config["base_channels"]
-    monkeypatch.setattr(module, "CPU_PREDICT_BYTES", per_voxel * 200**2)
+    monkeypatch.setattr(tiled, "CPU_BUDGET_BYTES", per_voxel * 200**2)
     tiles, halo = seg.tile_plan(wide.shape, cpu)
     assert halo == seg.halo == 64 and tiles == (72, 72)  # exact halo, 200 px tiles with it
     np.testing.assert_allclose(seg.predict_proba(wide), whole, atol=1e-4)
     # A volume whose exact-halo tiles would not fit: halve the halo, keep tiles on the grid.
-    monkeypatch.setattr(module, "CPU_PREDICT_BYTES", per_voxel * 100**3)
+    monkeypatch.setattr(tiled, "CPU_BUDGET_BYTES", per_voxel * 100**3)
     assert seg.tile_plan((128, 128, 128), cpu) == ((32, 32, 32), 32)
 
 
@@ -139,7 +140,7 @@ def test_damaged_weights_are_model_file_errors(sparse_run, tmp_path, capsys):
     }
     for name, data in bad_cases.items():
         path = _rewrite(good, tmp_path / f"{name}.dlv", weights=data)
-        with pytest.raises(ModelFileError, match="damaged U-Net weights"):
+        with pytest.raises(ModelFileError, match="weights.pt"):
             UNetSegmenter.load(path)
     assert "this must never run" not in capsys.readouterr().out
     with pytest.raises(ModelFileError, match="no weights.pt"):
@@ -161,19 +162,3 @@ def test_damaged_weights_are_model_file_errors(sparse_run, tmp_path, capsys):
 def test_save_before_training_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError, match="train"):
         UNetSegmenter().save(tmp_path / "x.dlv")
-
-
-def test_dense_instances_from_probabilities():
-    """Two interiors separated by a boundary line become two objects; stray fg stays one."""
-    prob = np.zeros((3, 32, 32), np.float32)
-    prob[0] = 1
-    fg = np.zeros((32, 32), bool)
-    fg[4:20, 4:28] = True
-    prob[:, fg] = np.array([0, 1, 0])[:, None]
-    prob[:, 4:20, 15:17] = np.array([0, 0, 1])[:, None, None]  # the boundary between them
-    prob[:, 26:30, 26:30] = np.array([0.1, 0.2, 0.7])[:, None, None]  # boundary-only blob
-    inst = dense_instances(prob)
-    assert len(np.unique(inst[inst > 0])) == 3
-    assert inst[10, 8] != inst[10, 22] and inst[10, 8] > 0 and inst[10, 22] > 0
-    assert (inst[fg] > 0).all()
-    assert dense_instances(np.stack([np.ones((8, 8)), np.zeros((8, 8)), np.zeros((8, 8))])).max() == 0

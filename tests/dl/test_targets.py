@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from napari_dlvision.core.errors import UserInputError
+from napari_dlvision.core.normalisation import Normalisation
 from napari_dlvision.dl.targets import (
-    IGNORE, Normalisation, balanced_weights, class_counts, dense_targets, sparse_targets,
+    IGNORE, balanced_weights, class_counts, dense_targets, sparse_targets,
 )
 
 

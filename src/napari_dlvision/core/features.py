@@ -12,7 +12,6 @@ each axis is divided by that axis' spacing relative to the finest one.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import UserInputError
+from .images import as_channels_first, n_threads
 
 FAMILIES = ("gaussian", "log", "gradient", "dog", "structure_tensor", "hessian")
 FAMILY_TITLES = {
@@ -182,33 +182,6 @@ def relative_spacing(spacing, ndim: int) -> np.ndarray:
     return s / s.min()
 
 
-def as_channels_first(image, channel_axis: int | None) -> np.ndarray:
-    """Return (C, *spatial) float32, validating what pixel features need."""
-    img = np.asarray(image)
-    if img.dtype == bool:
-        img = img.astype(np.uint8)
-    if not (np.issubdtype(img.dtype, np.number)) or np.iscomplexobj(img):
-        raise UserInputError(f"image must be real numbers, got dtype {img.dtype}")
-    if channel_axis is None:
-        img = img[None]
-    else:
-        if not -img.ndim <= channel_axis < img.ndim:
-            raise UserInputError(
-                f"channel axis {channel_axis} does not exist in an image of shape {img.shape}"
-            )
-        img = np.moveaxis(img, channel_axis, 0)
-    if img.ndim - 1 not in (2, 3):
-        raise UserInputError(
-            f"expected a 2D or 3D image (plus optional channels), got shape {np.shape(image)}"
-        )
-    if min(img.shape[1:]) < 2:
-        raise UserInputError(f"image of shape {np.shape(image)} is too small")
-    img = img.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(img)):
-        raise UserInputError("image contains NaN or infinite values; replace them first")
-    return img
-
-
 def _along(axis, ndim, sl):
     return (slice(None),) * axis + (sl,) + (slice(None),) * (ndim - axis - 1)
 
@@ -333,10 +306,3 @@ def compute_features_cf(img: np.ndarray, spec: FeatureSpec, spacing=None) -> np.
         for job in jobs:
             run(job)
     return out
-
-
-def n_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .errors import ModelFileError, UserInputError
-from .features import n_threads
+from .images import n_threads
 
 _NODE_FIELDS = ("left_child", "right_child", "feature", "threshold", "missing_go_to_left")
 TREE_LEAF = -1  # scikit-learn's child index of a leaf

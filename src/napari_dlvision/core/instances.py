@@ -45,3 +45,31 @@ def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
 
 def instances_from_segmentation(seg: np.ndarray, foreground: int, spacing=None, **kw) -> np.ndarray:
     return instances_from_mask(np.asarray(seg) == foreground, spacing=spacing, **kw)
+
+
+def instances_from_interior(p_background: np.ndarray, p_interior: np.ndarray, p_boundary: np.ndarray,
+                            min_size: int = 8, threshold: float = 0.5) -> np.ndarray:
+    """Instances from (background, interior, boundary) probabilities.
+
+    Seeds are connected regions of interior probability > threshold, grown
+    by watershed over the boundary probability inside the foreground
+    (background probability < threshold).
+    """
+    from skimage.segmentation import watershed
+
+    fg = remove_small(p_background < threshold, min_size)
+    if not fg.any():
+        return np.zeros(fg.shape, np.int32)
+    seeds, _ = ndi.label((p_interior > threshold) & fg)
+    labels = watershed(p_boundary, seeds, mask=fg)
+    # Foreground without any interior seed is still an object.
+    orphans, n = ndi.label(fg & (labels == 0))
+    if n:
+        labels = np.where(orphans > 0, orphans + labels.max(), labels)
+    if min_size > 1:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        if small.any():
+            labels[small[labels]] = 0
+    return labels.astype(np.int32)

@@ -13,16 +13,22 @@ import numpy as np
 
 from . import modelfile
 from .errors import ModelFileError, UserInputError
-from .features import FeatureSpec, as_channels_first
-from .forest import TreeEnsemble, fit_forest
+from .events import Progress
+from .features import FeatureSpec
+from .forest import MAX_FEATURES, MAX_TREES, TreeEnsemble, fit_forest
+from .images import as_channels_first, check_spacing
 from .instances import instances_from_segmentation
+from .labels import as_label_array, check_classes, class_names_for
+from .pixel_model import PixelModel
+from .probabilities import segmentation
 from .tiling import CACHE_BYTES, FeatureTiles
 
 KIND = "pixel-random-forest"
-MAX_CLASSES = 64  # more is almost surely an instance mask picked by mistake
 
 
-class PixelClassifier:
+class PixelClassifier(PixelModel):
+    KIND = KIND
+
     def __init__(self, spec: FeatureSpec | None = None, n_trees: int = 50,
                  max_depth: int | None = None, class_names: list[str] | None = None):
         self.spec = spec or FeatureSpec.default()
@@ -38,12 +44,19 @@ class PixelClassifier:
         """Train on one image/labels pair or on lists of them."""
         if not isinstance(images, (list, tuple)):
             images, labels = [images], [labels]
-        if len(images) != len(labels):
+        if not isinstance(labels, (list, tuple)) or len(images) != len(labels):
             raise UserInputError("give one labels image per image")
-        xs, ys, tiles = [], [], None
+        if not images:
+            raise UserInputError("no training images given")
+        xs, ys, tiles, n_ch, nd = [], [], None, None, None
         for image, lab in zip(images, labels):
             tiles = self.feature_tiles(image, channel_axis, spacing, cache_bytes=0, training=True)
-            x, y = tiles.training_data(_as_labels(lab))
+            if xs and (tiles.image.shape[0], tiles.ndim) != (n_ch, nd):
+                raise UserInputError(
+                    f"all training images need the same channel count and dimensionality: "
+                    f"{n_ch}-channel {nd}D and {tiles.image.shape[0]}-channel {tiles.ndim}D given")
+            n_ch, nd = tiles.image.shape[0], tiles.ndim
+            x, y = tiles.training_data(as_label_array(lab))
             xs.append(x)
             ys.append(y)
         return self.fit_xy(np.concatenate(xs), np.concatenate(ys), tiles)
@@ -52,7 +65,7 @@ class PixelClassifier:
         """Train on one image and predict all of it, computing features once."""
         tiles = self.feature_tiles(image, channel_axis, spacing, training=True,
                                    cache_bytes=CACHE_BYTES)
-        self.fit_xy(*tiles.training_data(_as_labels(labels)), tiles)
+        self.fit_xy(*tiles.training_data(as_label_array(labels)), tiles)
         out = np.empty((self.n_classes,) + tiles.shape, np.float32)
         for _ in self.iter_predict(tiles, out):
             pass
@@ -60,25 +73,13 @@ class PixelClassifier:
 
     def fit_xy(self, X, y, tiles: FeatureTiles) -> PixelClassifier:
         """Train on labelled-pixel features gathered from `tiles`' image(s)."""
-        if len(y) == 0:
-            raise UserInputError("nothing is painted: paint some pixels of each class first")
         present = np.unique(y)
-        if len(present) < 2:
-            raise UserInputError(
-                f"only class {int(present[0])} is painted: paint at least two classes"
-            )
-        n_classes = max(int(present.max()), len(self.class_names))
-        if n_classes > MAX_CLASSES:
-            raise UserInputError(
-                f"the labels use class ids up to {n_classes}: is this an instance mask? "
-                f"Paint strokes with a few classes (at most {MAX_CLASSES})"
-            )
+        n_classes = check_classes(present, len(self.class_names))
         t0 = time.perf_counter()
         self.ensemble = fit_forest(X, y - 1, n_classes, self.n_trees, self.max_depth)
         self.n_channels, self.ndim = tiles.image.shape[0], tiles.ndim
         self.spacing = None if tiles.spacing is None else [float(s) for s in tiles.spacing]
-        names = self.class_names + [f"class {k}" for k in range(len(self.class_names) + 1, n_classes + 1)]
-        self.class_names = names[:n_classes]
+        self.class_names = class_names_for(self.class_names, n_classes)
         self.training = {
             "pixels_per_class": {str(int(k)): int((y == k).sum()) for k in present},
             "fit_seconds": round(time.perf_counter() - t0, 3),
@@ -136,6 +137,17 @@ class PixelClassifier:
             out[(slice(None),) + block] = p.T.reshape(out.shape[:1] + feats.shape[:-1])
             yield n, len(pairs), block
 
+    def iter_predict_proba(self, image, channel_axis=None, spacing=None, focus=None, tiles=None):
+        """Prediction as Progress events, for workers: each "predicting" event's
+        payload holds the block just done ("block") and the whole probability
+        array being filled ("probabilities"), the `focus` box first. Pass
+        `tiles` to reuse cached features of the same image."""
+        if tiles is None:
+            tiles = self.feature_tiles(image, channel_axis, spacing)
+        prob = np.empty((self.n_classes,) + tiles.shape, np.float32)
+        for done, total, block in self.iter_predict(tiles, prob, focus):
+            yield Progress("predicting", done, total, payload={"block": block, "probabilities": prob})
+
     def predict_proba(self, image, channel_axis=None, spacing=None, tile_shape=None, out=None):
         """Probabilities (K, *spatial) float32, computed in tiles."""
         tiles = self.feature_tiles(image, channel_axis, spacing, tile_shape=tile_shape)
@@ -178,6 +190,8 @@ class PixelClassifier:
     def instances(self, prob: np.ndarray, spacing=None, foreground: int | None = None) -> np.ndarray:
         """Objects of the foreground class (default: the last), touching ones split."""
         fg = self.n_classes if foreground is None else int(foreground)
+        if not 1 <= fg <= self.n_classes:
+            raise UserInputError(f"foreground class must be between 1 and {self.n_classes}, got {fg}")
         spacing = self.spacing if spacing is None else spacing
         return instances_from_segmentation(segmentation(prob), fg, spacing=spacing)
 
@@ -202,45 +216,29 @@ class PixelClassifier:
         return modelfile.save(path, self.metadata(), self.ensemble.arrays)
 
     @classmethod
-    def load(cls, path) -> PixelClassifier:
+    def load(cls, path, device: str = "auto") -> PixelClassifier:
+        """Read a model file (`device` is for parity with the networks: forests run on the CPU)."""
         meta, arrays, _ = modelfile.load(path, kinds=(KIND,))
+        field = modelfile.field
         try:
-            spec = FeatureSpec.from_json(meta["features"])
-            self = cls(spec, meta["forest"]["n_trees"], meta["forest"]["max_depth"], meta["class_names"])
-            self.n_channels, self.ndim = int(meta["n_channels"]), int(meta["ndim"])
-            self.spacing = meta.get("spacing")
-            self.training = meta.get("training", {})
-            n_features = int(meta["n_features"])
+            features = field(meta, "features", list)
+            if not all(isinstance(f, str) for f in features):
+                raise modelfile.ModelFileError(f"{path} is a damaged model: features must be names")
+            spec = FeatureSpec.from_json(features)
+            self = cls(spec, field(meta, "forest.n_trees", int, lo=1, hi=MAX_TREES),
+                       field(meta, "forest.max_depth", int, lo=0, hi=10_000, optional=True),
+                       field(meta, "class_names", list))
+            self.n_channels = field(meta, "n_channels", int, lo=1, hi=64)
+            self.ndim = field(meta, "ndim", int, choices=(2, 3))
+            spacing = meta.get("spacing")
+            self.spacing = None if spacing is None else list(check_spacing(spacing, self.ndim))
+            self.training = field(meta, "training", dict, optional=True, default={})
+            n_features = field(meta, "n_features", int, lo=1, hi=MAX_FEATURES)
             if n_features != spec.n_features(self.n_channels, self.ndim):
                 raise ValueError("feature count does not match the feature list")
             self.ensemble = TreeEnsemble(arrays, n_features, len(meta["classes"]))
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, UserInputError) as e:
             raise ModelFileError(f"{path} is a damaged pixel classifier ({e})") from None
         return self
-
-
-def _as_labels(labels) -> np.ndarray:
-    lab = np.asarray(labels)
-    if lab.dtype.kind == "f":
-        if not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)):
-            raise UserInputError("labels must be whole numbers (0 = unlabelled, 1..K = classes)")
-        lab = lab.astype(np.int64)
-    if lab.dtype.kind not in "iub":
-        raise UserInputError(f"labels must be integers, got dtype {lab.dtype}")
-    if lab.size and lab.min() < 0:
-        raise UserInputError("labels must not be negative (0 = unlabelled, 1..K = classes)")
-    return lab
-
-
-def segmentation(prob: np.ndarray) -> np.ndarray:
-    """Class id (1..K) of the most probable class at each pixel."""
-    dtype = np.uint8 if prob.shape[0] < 255 else np.uint16
-    return (np.argmax(prob, axis=0) + 1).astype(dtype)
-
-
-def uncertainty(prob: np.ndarray) -> np.ndarray:
-    """1 - (p_max - p_second): 0 where the forest is sure, 1 where it is torn."""
-    if prob.shape[0] < 2:
-        return np.zeros(prob.shape[1:], np.float32)
-    top2 = np.partition(prob, -2, axis=0)[-2:]
-    return (1.0 - (top2[1] - top2[0])).astype(np.float32)

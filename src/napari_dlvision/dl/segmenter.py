@@ -2,44 +2,51 @@
 
 Like PixelClassifier (random forest) it maps an image to class
 probabilities (K, *spatial) with probability channel k for class k + 1, and
-exposes `ndim`, `n_channels`, `n_classes`, `spacing` and
-`predict_proba(image, channel_axis, spacing)` so batch prediction and the
-CLI can treat both kinds alike.
+exposes `ndim`, `n_channels`, `n_classes`, `class_names`, `spacing`,
+`predict_proba(image, channel_axis, spacing)` and `instances(prob)`, so
+batch prediction, the CLI and the widgets treat both kinds alike.
 
 Two modes:
 - "sparse": classes are the user's painted labels (1..K);
 - "dense": trained from instance masks on three classes (1 background,
   2 interior, 3 boundary); `instances` seeds a watershed from the interior.
+Training lives in `pixel_train`; this module only predicts and stores.
 """
 
 from __future__ import annotations
 
-import io
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from ..core import modelfile
 from ..core.errors import ModelFileError, UserInputError
-from ..core.features import as_channels_first
-from ..core.instances import instances_from_segmentation
-from ..core.pixel_classifier import segmentation as _argmax_segmentation
-from ..core.tiling import grid, grow
-from . import PIXEL_UNET_KIND as KIND
-from .devices import describe, free_memory, pick_device, retry_on_oom
-from .targets import DENSE_CLASS_NAMES, Normalisation
+from ..core.events import Progress
+from ..core.images import as_channels_first, check_spacing
+from ..core.instances import instances_from_interior, instances_from_segmentation
+from ..core.labels import class_names_for
+from ..core.normalisation import Normalisation
+from ..core.pixel_model import PixelModel
+from ..core.probabilities import segmentation
+from .devices import describe, pick_device
+from .targets import DENSE_CLASS_NAMES
+from .tiled import iter_tiled, plan_tiles
 from .unet import DEFAULT_PRESET, PRESETS, UNet
 from .unet import halo as exact_halo
 
+KIND = "pixel-unet"
 MODES = ("sparse", "dense")
-CPU_PREDICT_BYTES = 1 << 30  # activation memory of one prediction tile on the CPU
 BYTES_PER_VOXEL_PER_CHANNEL = 48  # measured peak of inference: 32-48 bytes per voxel and base channel
 
 
-class UNetSegmenter:
+def _softmax(y):
+    return torch.softmax(y, dim=1)
+
+
+class UNetSegmenter(PixelModel):
+    KIND = KIND
+
     def __init__(self, preset: str = DEFAULT_PRESET, mode: str = "sparse", class_names=None,
                  depth: int | None = None, base_channels: int | None = None, norm: str = "batch",
                  normalisation: Normalisation | None = None, device: str = "auto"):
@@ -61,7 +68,7 @@ class UNetSegmenter:
         self.net: UNet | None = None
         self.n_channels = self.ndim = None
         self.spacing = None
-        self.training: dict = {}  # settings of the last run and totals over all runs
+        self.training: dict = {}  # report of the last run and totals over all runs
         self.metrics: dict = {}
 
     # -- shape of the model ----------------------------------------------
@@ -79,8 +86,7 @@ class UNetSegmenter:
         self.net = UNet(ndim, n_channels, n_classes, self.config["depth"], self.config["base_channels"],
                         self.config["norm"])
         self.n_channels, self.ndim = int(n_channels), int(ndim)
-        names = self.class_names + [f"class {k}" for k in range(len(self.class_names) + 1, n_classes + 1)]
-        self.class_names = names[:n_classes]
+        self.class_names = class_names_for(self.class_names, n_classes)
         return self.net
 
     def check_compatible(self, img_cf: np.ndarray) -> None:
@@ -94,6 +100,11 @@ class UNetSegmenter:
                 f"the U-Net was trained on {self.n_channels}-channel images; this image has {n_ch} channel(s)"
             )
 
+    def check_shape(self, shape, channel_axis=None):
+        """Raise a readable error unless an image of this shape fits the model (no data read)."""
+        n_ch = 1 if channel_axis is None else shape[channel_axis]
+        self.check_compatible(np.empty((n_ch,) + (2,) * (len(shape) - (channel_axis is not None)), np.float32))
+
     def prepare(self, image, channel_axis=None, check=True) -> np.ndarray:
         """Validated, normalised (C, *spatial) float32 image."""
         img = as_channels_first(image, channel_axis)
@@ -102,68 +113,37 @@ class UNetSegmenter:
         return self.normalisation.apply(img)
 
     # -- prediction -------------------------------------------------------
-    def tile_plan(self, shape, device, halo=None) -> tuple[tuple[int, ...], int]:
-        """(tile shape, halo) for the device's memory.
+    @property
+    def bytes_per_voxel(self) -> float:
+        return BYTES_PER_VOXEL_PER_CHANNEL * self.config["base_channels"]
 
-        The whole image when it fits; else tiles on the pooling grid with the
-        exact halo, as long as a tile's core can stay at least as wide as its
-        halo. Where even that does not fit (big 3D volumes on a CPU) the halo
-        is halved: results then differ from whole-image prediction by at most
-        about 0.02 in probability near tile borders, instead of by nothing.
+    def tile_plan(self, shape, device, halo=None):
+        """(tile shape, halo) that fits the device's memory (see dl.tiled.plan_tiles).
+
+        The exact halo unless even the smallest useful tile would not fit
+        with it (big 3D volumes on a CPU); a halo given explicitly is kept."""
+        return plan_tiles(shape, device, self.halo if halo is None else int(halo), self.net.multiple,
+                          self.bytes_per_voxel, may_halve_halo=halo is None)
+
+    def iter_predict(self, img_norm: np.ndarray, out: np.ndarray, tile_shape=None, halo=None, device=None,
+                     net=None, report=None):
+        """Fill `out` (K, *spatial) with probabilities tile by tile; yields (done, total, core slices).
+
+        `net` overrides the stored network (training previews pass the
+        weights being trained). Out-of-memory halves the tile and retries.
         """
-        exact = halo is None
-        halo = self.halo if halo is None else int(halo)
-        free = free_memory(device)
-        budget = CPU_PREDICT_BYTES if free is None else free // 3
-        per_voxel = BYTES_PER_VOXEL_PER_CHANNEL * self.config["base_channels"]
-        voxels = max(budget // per_voxel, 1)
-        if math.prod(shape) <= voxels:
-            return tuple(shape), halo
-        m = self.net.multiple
-        budget_edge = int(voxels ** (1 / len(shape)))
-        if exact and budget_edge - 2 * halo < halo:
-            halo = max(m, halo // 2 // m * m)
-        edge = max((budget_edge - 2 * halo) // m * m, halo, m)
-        return tuple(min(n, edge) for n in shape), halo
-
-    def _grid(self, shape, tile_shape, halo):
-        m = self.net.multiple
-        # Tiles and halo on multiples of 2**depth: every grown tile starts on the pooling grid.
-        tile_shape = tuple(min(n, -(-int(t) // m) * m) for n, t in zip(shape, tile_shape))
-        halo = -(-int(halo) // m) * m
-        return tile_shape, halo, grid(shape, tile_shape)
-
-    def iter_predict(self, img_norm: np.ndarray, out: np.ndarray, tile_shape=None, halo=None, device=None):
-        """Fill `out` (K, *spatial) with probabilities tile by tile; yields (done, total, core slices)."""
         device = pick_device(self.device if device is None else device)
-        shape = img_norm.shape[1:]
+        net = (self.net if net is None else net).to(device)
         if tile_shape is None:
-            tile_shape, halo = self.tile_plan(shape, device, halo)
-        halo = self.halo if halo is None else halo
-        tile_shape = tuple(tile_shape)
-        if len(tile_shape) != len(shape):
-            raise UserInputError(f"tile shape {tile_shape} does not fit a {len(shape)}D image")
-        tile_shape, halo, tiles = self._grid(shape, tile_shape, halo)
-        net = self.net.to(device)
-        was_training = net.training
-        net.eval()
-        try:
-            for n, core in enumerate(tiles, 1):
-                outer, inner = grow(core, (halo,) * len(shape), shape)
-                block = np.ascontiguousarray(img_norm[(slice(None),) + outer])
+            tile_shape, plan_halo = self.tile_plan(img_norm.shape[1:], device, halo)
+            halo = plan_halo
+        yield from iter_tiled(net, img_norm, out, halo=self.halo if halo is None else int(halo),
+                              multiple=self.net.multiple, device=device, activation=_softmax,
+                              tile_shape=tile_shape, bytes_per_voxel=self.bytes_per_voxel, report=report)
 
-                with torch.inference_mode():
-                    x = torch.from_numpy(block)[None].to(device)
-                    p = torch.softmax(net(x).float(), dim=1)[0]
-                    out[(slice(None),) + core] = p[(slice(None),) + inner].cpu().numpy()
-                del x, p
-                yield n, len(tiles), core
-        finally:
-            net.train(was_training)
-
-    def predict_normalised(self, img_norm, tile_shape=None, halo=None, device=None) -> np.ndarray:
+    def predict_normalised(self, img_norm, tile_shape=None, halo=None, device=None, net=None) -> np.ndarray:
         out = np.empty((self.n_classes,) + img_norm.shape[1:], np.float32)
-        for _ in self.iter_predict(img_norm, out, tile_shape, halo, device):
+        for _ in self.iter_predict(img_norm, out, tile_shape, halo, device, net):
             pass
         return out
 
@@ -175,30 +155,21 @@ class UNetSegmenter:
         itself works in pixels. Tiles use the exact halo unless `halo` is
         given, so the result equals whole-image prediction.
         """
+        return self.predict_normalised(self.prepare(image, channel_axis), tile_shape, halo, device)
+
+    def iter_predict_proba(self, image, channel_axis=None, spacing=None, focus=None):
+        """Prediction as Progress events, for workers: each "predicting" event's
+        payload holds the tile just done ("block") and the whole probability
+        array being filled ("probabilities"). `focus` is accepted for parity
+        with the forest; tiles run in plain order."""
         img = self.prepare(image, channel_axis)
-        dev = pick_device(self.device if device is None else device)
-        if tile_shape is None:
-            # Out of memory on a big tile: halve the tile edge and start again.
-            tiles, plan_halo = self.tile_plan(img.shape[1:], dev, halo)
-
-            def run(ts):
-                return self.predict_normalised(img, ts, plan_halo, dev)
-
-            m = self.net.multiple
-
-            def shrink(ts):
-                i = max(range(len(ts)), key=lambda k: ts[k])
-                if ts[i] <= m:
-                    return None
-                return ts[:i] + (max(m, ts[i] // 2 // m * m),) + ts[i + 1:]
-
-            prob, _ = retry_on_oom(run, tiles, shrink=shrink, device=dev, what="tile shape")
-            return prob
-        return self.predict_normalised(img, tile_shape, halo, dev)
+        prob = np.empty((self.n_classes,) + img.shape[1:], np.float32)
+        for done, total, core in self.iter_predict(img, prob):
+            yield Progress("predicting", done, total, payload={"block": core, "probabilities": prob})
 
     def segmentation(self, prob: np.ndarray) -> np.ndarray:
         """Class ids 1..K of the most probable class (dense: 1 bg, 2 interior, 3 boundary)."""
-        return _argmax_segmentation(prob)
+        return segmentation(prob)
 
     def predict(self, image, channel_axis=None, spacing=None) -> np.ndarray:
         return self.segmentation(self.predict_proba(image, channel_axis, spacing))
@@ -207,17 +178,19 @@ class UNetSegmenter:
                   min_size: int = 8) -> np.ndarray:
         """Instance ids (int32, 0 = background) from probabilities.
 
-        dense: seeds are connected regions of interior probability > 0.5,
-        grown by watershed over the boundary probability inside the
-        foreground (background probability < 0.5).
-        sparse: the foreground class (default: the last) is split by
+        dense: seeds from the interior class, grown over the boundary class;
+        sparse: the foreground class (default: the last) split by
         core.instances' distance-transform watershed.
         """
         spacing = self.spacing if spacing is None else spacing
-        if self.mode == "sparse":
-            fg = self.n_classes if foreground is None else int(foreground)
-            return instances_from_segmentation(self.segmentation(prob), fg, spacing=spacing, min_size=min_size)
-        return dense_instances(prob, min_size=min_size)
+        if self.mode == "dense":
+            if foreground not in (None, 2):
+                raise UserInputError("a U-Net trained on instance masks finds objects of class 2 (interior) only")
+            return instances_from_interior(prob[0], prob[1], prob[2], min_size=min_size)
+        fg = self.n_classes if foreground is None else int(foreground)
+        if not 1 <= fg <= self.n_classes:
+            raise UserInputError(f"foreground class must be between 1 and {self.n_classes}, got {fg}")
+        return instances_from_segmentation(self.segmentation(prob), fg, spacing=spacing, min_size=min_size)
 
     # -- model file -------------------------------------------------------
     def metadata(self) -> dict:
@@ -237,70 +210,53 @@ class UNetSegmenter:
             "metrics": self.metrics,
         }
 
-    def state_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        torch.save({k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}, buf)
-        return buf.getvalue()
-
     def save(self, path) -> Path:
+        from .weights import state_dict_to_bytes
+
         if self.net is None:
             raise UserInputError("train the U-Net before saving it")
-        return modelfile.save(path, self.metadata(), {}, extra={"weights.pt": self.state_bytes()})
+        return modelfile.save(path, self.metadata(), {}, extra={"weights.pt": state_dict_to_bytes(self.net)})
 
     @classmethod
     def load(cls, path, device: str = "auto") -> UNetSegmenter:
+        from .weights import state_dict_from_bytes
+
         meta, _, extra = modelfile.load(path, kinds=(KIND,))
+        field = modelfile.field
         try:
-            arch = meta["architecture"]
-            self = cls(meta.get("preset", DEFAULT_PRESET), meta["mode"], meta["class_names"],
-                       depth=arch["depth"], base_channels=arch["base_channels"], norm=arch["norm"],
+            arch = field(meta, "architecture", dict)
+            mode = field(meta, "mode", str, choices=MODES)
+            preset = field(meta, "preset", str, optional=True, default=DEFAULT_PRESET)
+            field(meta, "normalisation", dict)
+            self = cls(preset if preset in PRESETS else DEFAULT_PRESET, mode, meta["class_names"],
                        normalisation=Normalisation.from_json(meta["normalisation"]), device=device)
+            net = UNet.from_architecture(arch)  # bounded: refuses absurd sizes before allocating
             n_classes = len(meta["classes"])
-            if (arch["in_channels"], arch["ndim"], arch["n_classes"]) != (meta["n_channels"], meta["ndim"], n_classes):
+            if (net.in_channels, net.ndim, net.n_classes) != (meta["n_channels"], meta["ndim"], n_classes):
                 raise ValueError("architecture does not match channels, dimensions or classes")
-            self.build(int(meta["n_channels"]), int(meta["ndim"]), n_classes)
-            self.class_names = list(meta["class_names"])
-            self.spacing = meta.get("spacing")
-            self.training = meta.get("training", {})
-            self.metrics = meta.get("metrics", {})
+            if mode == "dense" and n_classes != 3:
+                raise ValueError("a dense-mode U-Net has 3 classes")
+            self.config = {"depth": net.depth, "base_channels": net.base_channels, "norm": net.norm}
+            self.net, self.n_channels, self.ndim = net, net.in_channels, net.ndim
+            self.class_names = class_names_for(meta["class_names"], n_classes)
+            spacing = meta.get("spacing")
+            self.spacing = None if spacing is None else list(check_spacing(spacing, net.ndim))
+            self.training = field(meta, "training", dict, optional=True, default={})
+            self.metrics = field(meta, "metrics", dict, optional=True, default={})
+        except ModelFileError:
+            raise
         except (KeyError, TypeError, ValueError, UserInputError) as e:
             raise ModelFileError(f"{path} is a damaged U-Net model ({e})") from None
         if "weights.pt" not in extra:
             raise ModelFileError(f"{path} is a damaged U-Net model (no weights.pt inside)")
+        state = state_dict_from_bytes(extra["weights.pt"], path)
         try:
-            state = torch.load(io.BytesIO(extra["weights.pt"]), weights_only=True, map_location="cpu")
-            if not isinstance(state, dict):
-                raise ValueError("weights.pt does not hold a state dict")
             self.net.load_state_dict(state, strict=True)
-        except Exception as e:  # noqa: BLE001 - any failure here means a bad file
-            raise ModelFileError(f"{path} holds damaged U-Net weights ({type(e).__name__}: {e})".strip()) from None
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFileError(f"{path}: weights.pt does not fit the architecture ({first})") from None
         self.net.eval()
         return self
 
     def describe_device(self) -> str:
         return describe(pick_device(self.device))
-
-
-def dense_instances(prob: np.ndarray, min_size: int = 8, threshold: float = 0.5) -> np.ndarray:
-    """Instances from (background, interior, boundary) probabilities."""
-    from skimage.segmentation import watershed
-
-    from ..core.instances import remove_small
-
-    p_bg, p_in, p_bd = prob[0], prob[1], prob[2]
-    fg = remove_small(p_bg < threshold, min_size)
-    if not fg.any():
-        return np.zeros(fg.shape, np.int32)
-    seeds, _ = ndi.label((p_in > threshold) & fg)
-    labels = watershed(p_bd, seeds, mask=fg)
-    # Foreground without any interior seed is still an object.
-    orphans, n = ndi.label(fg & (labels == 0))
-    if n:
-        labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    if min_size > 1:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        if small.any():
-            labels[small[labels]] = 0
-    return labels.astype(np.int32)

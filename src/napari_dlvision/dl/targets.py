@@ -1,4 +1,4 @@
-"""Training targets and input normalisation for the deep pixel classifier.
+"""Training targets for the deep pixel classifier.
 
 Pure numpy: no torch here. Target arrays hold 0-based class indices with
 IGNORE (-100, torch's default ignore_index) wherever nothing is known.
@@ -12,27 +12,12 @@ IGNORE (-100, torch's default ignore_index) wherever nothing is known.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
-from ..core.errors import UserInputError
+from ..core.labels import as_label_array
 
 IGNORE = -100
 DENSE_CLASS_NAMES = ("background", "interior", "boundary")
-
-
-def as_label_array(labels, name="labels") -> np.ndarray:
-    lab = np.asarray(labels)
-    if lab.dtype.kind == "f":
-        if not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)):
-            raise UserInputError(f"{name} must be whole numbers")
-        lab = lab.astype(np.int64)
-    if lab.dtype.kind not in "iub":
-        raise UserInputError(f"{name} must be integers, got dtype {lab.dtype}")
-    if lab.size and lab.min() < 0:
-        raise UserInputError(f"{name} must not be negative (0 = unlabelled or background)")
-    return lab
 
 
 def sparse_targets(labels) -> np.ndarray:
@@ -68,49 +53,3 @@ def balanced_weights(counts: np.ndarray, power: float = 1.0) -> np.ndarray:
     w[present] = (counts[present] / counts[present].sum()) ** -power
     w[present] /= w[present].mean()
     return w.astype(np.float32)
-
-
-@dataclass
-class Normalisation:
-    """Per-image, per-channel percentile scaling: (x - p_low) / (p_high - p_low).
-
-    The percentiles are recomputed for every image (training and prediction
-    alike), which makes a model robust to exposure changes between images;
-    the model file stores the recipe, not one image's numbers.
-    """
-
-    low: float = 1.0
-    high: float = 99.8
-    mode: str = "percentile"
-    max_samples: int = 1 << 22  # larger images use a regular subsample
-
-    def __post_init__(self):
-        if self.mode != "percentile":
-            raise ValueError(f"unknown normalisation mode {self.mode!r}")
-        if not 0 <= self.low < self.high <= 100:
-            raise ValueError("normalisation percentiles must satisfy 0 <= low < high <= 100")
-
-    def params(self, image_cf: np.ndarray) -> np.ndarray:
-        """(C, 2) array of (low value, high value) per channel."""
-        out = np.empty((image_cf.shape[0], 2), np.float64)
-        for c, ch in enumerate(image_cf):
-            flat = ch.reshape(-1)
-            step = max(1, flat.size // self.max_samples)
-            out[c] = np.percentile(flat[::step], (self.low, self.high))
-        return out
-
-    def apply(self, image_cf: np.ndarray) -> np.ndarray:
-        """float32 (C, *spatial), roughly 0..1 per channel."""
-        params = self.params(image_cf)
-        out = np.empty(image_cf.shape, np.float32)
-        for c, (lo, hi) in enumerate(params):
-            scale = 1.0 / max(hi - lo, 1e-6 * max(abs(hi), 1.0), 1e-12)
-            np.multiply(np.subtract(image_cf[c], lo, dtype=np.float32), np.float32(scale), out=out[c])
-        return out
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> Normalisation:
-        return cls(**{k: d[k] for k in ("low", "high", "mode", "max_samples") if k in d})

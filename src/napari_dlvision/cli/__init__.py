@@ -1,0 +1,77 @@
+"""`dlvision`: the plugin's models, headless.
+
+    dlvision train rf --image IMG --labels LBL --out MODEL [--features ...]
+    dlvision train unet --image IMG --labels LBL --out MODEL [--steps N] [--time-limit S]
+    dlvision predict --model MODEL --image IMG --out SEG.tif [--probabilities P.tif]
+    dlvision info MODEL
+
+`train` has one sub-command per registered model kind (napari_dlvision.kinds);
+each kind's module adds its options and runs its training. Errors the user
+can fix end the program with status 1 and one line on stderr; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 1 like every other error."""
+
+    def error(self, message):
+        self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import kinds
+
+    p = Parser(prog="dlvision", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"napari-dlvision {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = sub.add_parser("train", help="train a model")
+    tsub = train.add_subparsers(dest="kind", required=True, parser_class=Parser)
+    for kind in kinds.KINDS.values():
+        module = importlib.import_module(kind.cli)
+        sp = tsub.add_parser(kind.command, help=kind.title, description=module.__doc__)
+        module.add_arguments(sp)
+        sp.set_defaults(run=module.run)
+
+    from . import info, predict
+
+    for name, module in (("predict", predict), ("info", info)):
+        sp = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
+        module.add_arguments(sp)
+        sp.set_defaults(run=module.run)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..core.errors import UserInputError
+
+    try:
+        args.run(args)
+    except UserInputError as e:
+        print(f"dlvision: error: {_one_line(str(e))}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("dlvision: error: out of memory; try a smaller image, tile or batch", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"dlvision: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dlvision: interrupted; no partial output was left behind", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

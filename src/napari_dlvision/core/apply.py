@@ -1,0 +1,94 @@
+"""Apply a saved model to image files and folders: shared by the CLI and the GUI.
+
+Works for any model that declares its `OUTPUTS` (names it can produce) and
+implements `predict_outputs(image, channel_axis, spacing, wanted, **options)`
+-> {output name: array or table}; pixel models get that from
+core.pixel_model. Every output is written to a temporary file and renamed
+into place, so an interrupted run never leaves half a file under a real name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserInputError
+from .events import Progress
+from .io import channel_axis_for, read_image, write_image
+
+
+def output_suffix(model, output: str) -> str:
+    return getattr(model, "OUTPUT_SUFFIXES", {}).get(output, ".tif")
+
+
+def check_wanted(model, wanted) -> tuple[str, ...]:
+    wanted = tuple(dict.fromkeys(wanted or (model.MAIN_OUTPUT,)))
+    unknown = [w for w in wanted if w not in model.OUTPUTS]
+    if unknown:
+        raise UserInputError(f"this model cannot output {', '.join(unknown)}; it gives {', '.join(model.OUTPUTS)}")
+    return wanted
+
+
+def write_output(path, value) -> Path:
+    """An array as an image file (format from the suffix); a table through its own `write`."""
+    if isinstance(value, np.ndarray):
+        return write_image(path, value)
+    return value.write(path)
+
+
+def predict_file(model, path, channel_axis=None, spacing=None, wanted=None, **options) -> dict:
+    image = read_image(path)
+    if channel_axis is None:
+        channel_axis = channel_axis_for(image.shape, model.ndim, model.n_channels)
+    return model.predict_outputs(image, channel_axis, spacing, check_wanted(model, wanted), **options)
+
+
+def folder_outputs(model, files, out_dir, wanted) -> dict[Path, dict[str, Path]]:
+    """{input file: {output name: output file}}, refusing collisions before any work."""
+    out_dir = Path(out_dir)
+    stems = [Path(p).stem for p in files]
+    if len(set(stems)) != len(stems):
+        raise UserInputError("several input files share a name (e.g. a.png and a.tif): outputs would collide")
+    in_dirs = {Path(p).resolve().parent for p in files}
+    if out_dir.resolve() in in_dirs:
+        raise UserInputError(
+            f"the output folder {out_dir} is the input folder: results would mix with (and be read as) "
+            "inputs; choose another folder")
+    return {Path(p): {w: out_dir / f"{Path(p).stem}_{w}{output_suffix(model, w)}" for w in wanted} for p in files}
+
+
+def iter_predict_folder(model, files, out_dir, wanted=None, channel_axis=None, spacing=None, **options):
+    """Predict each file into `out_dir/<stem>_<output>.<suffix>`; Progress events.
+
+    A file that cannot be read or predicted is reported and skipped; the
+    last event's payload lists what was written and what failed.
+    """
+    wanted = check_wanted(model, wanted)
+    plan = folder_outputs(model, files, out_dir, wanted)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    total = len(plan)
+    for i, (path, outputs) in enumerate(plan.items(), 1):
+        try:
+            results = predict_file(model, path, channel_axis, spacing, wanted, **options)
+            for name, target in outputs.items():
+                written.append(write_output(target, results[name]))
+            message = f"Predicted {path.name} ({i}/{total})"
+        except (UserInputError, MemoryError, OSError) as e:
+            failed.append((path, _one_line(e)))
+            message = f"Skipped {path.name}: {_one_line(e)}"
+        yield Progress("file", i, total, message, payload=path)
+    summary = f"Predicted {total - len(failed)} of {total} files into {out_dir}"
+    if failed:
+        summary += f"; {len(failed)} failed: " + "; ".join(f"{p.name}: {m}" for p, m in failed)
+    yield Progress("done", total, total, summary, payload={"written": written, "failed": failed})
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,84 @@
+"""Checks and conversions every model kind applies to an input image.
+
+The core works on channels-first float32 arrays, (C, *spatial); callers say
+where the channels are (`channel_axis`), nothing guesses here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import UserInputError
+
+# float32 holds values up to ~3.4e38; larger finite values become inf when
+# cast, which downstream code (scikit-learn) reports as "contains infinity".
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_channels_first(image, channel_axis: int | None, ndims=(2, 3)) -> np.ndarray:
+    """Return (C, *spatial) float32, validating what pixel models need."""
+    img = np.asarray(image)
+    if img.dtype == bool:
+        img = img.astype(np.uint8)
+    if not np.issubdtype(img.dtype, np.number) or np.iscomplexobj(img):
+        raise UserInputError(f"image must be real numbers, got dtype {img.dtype}")
+    if channel_axis is None:
+        img = img[None]
+    else:
+        if isinstance(channel_axis, bool) or not -img.ndim <= int(channel_axis) < img.ndim:
+            raise UserInputError(
+                f"channel axis {channel_axis} does not exist in an image of shape {img.shape}"
+            )
+        img = np.moveaxis(img, int(channel_axis), 0)
+    if img.ndim - 1 not in ndims:
+        wanted = " or ".join(f"{n}D" for n in ndims)
+        raise UserInputError(
+            f"expected a {wanted} image (plus optional channels), got shape {np.shape(image)}"
+        )
+    if img.size == 0 or min(img.shape[1:]) < 2:
+        raise UserInputError(f"image of shape {np.shape(image)} is too small")
+    if img.shape[0] > 64:
+        raise UserInputError(
+            f"image of shape {np.shape(image)} would have {img.shape[0]} channels: "
+            "is the channel axis right?"
+        )
+    if img.dtype.kind == "f" and not np.all(np.isfinite(img)):
+        raise UserInputError("image contains NaN or infinite values; replace them first")
+    if img.dtype.itemsize > 4 or img.dtype.kind == "f":
+        big = float(np.max(np.abs(img))) if img.size else 0.0
+        if big > FLOAT32_MAX / 16:
+            raise UserInputError(
+                f"image values reach {big:.3g}, too large to compute with; rescale the image first"
+            )
+    return img.astype(np.float32, copy=False)
+
+
+def check_spacing(spacing, ndim: int):
+    """None, or a tuple of `ndim` positive finite voxel sizes."""
+    if spacing is None:
+        return None
+    try:
+        s = np.asarray(spacing, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise UserInputError(f"voxel size must be {ndim} positive numbers, got {spacing!r}") from None
+    if s.shape != (ndim,) or not np.all(np.isfinite(s)) or not np.all(s > 0):
+        raise UserInputError(f"voxel size must be {ndim} positive numbers, got {list(s)}")
+    return tuple(float(v) for v in s)
+
+
+def spatial_shape(shape, channel_axis: int | None) -> tuple[int, ...]:
+    shape = tuple(shape)
+    if channel_axis is None:
+        return shape
+    axis = int(channel_axis) % len(shape)
+    return shape[:axis] + shape[axis + 1:]
+
+
+def n_threads() -> int:
+    """CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)

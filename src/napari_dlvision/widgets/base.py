@@ -1,0 +1,176 @@
+"""The frame every dock widget shares: viewer, one job at a time, messages,
+saving and loading models, applying them to folders, and letting go of the
+viewer's events when the widget goes away.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import QWidget
+
+from ..core.errors import UserInputError
+from .jobs import JobRunner, describe_error
+from .parts import LayerPicker
+
+
+class ModelWidget(QWidget):
+    KINDS: tuple[str, ...] = ()  # model kinds this widget can load
+    WHAT = "model"  # how messages name the model
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = None
+        self.runner = JobRunner(on_error=self._job_failed, on_state=self._set_busy)
+        self.pickers: list[LayerPicker] = []
+        self.panel = None  # a RunPanel, made by the subclass
+        self._cleanups = []
+        self._closed = False
+
+    # -- parts -------------------------------------------------------------
+    def picker(self, layer_type, on_change=None, **kw) -> LayerPicker:
+        p = LayerPicker(self.viewer, layer_type, on_change, **kw)
+        self.pickers.append(p)
+        return p
+
+    def on_close(self, fn):
+        """Run `fn` when the widget is closed or taken out of its dock."""
+        self._cleanups.append(fn)
+
+    def reset_choices(self, *_):
+        for p in self.pickers:
+            p.refresh()
+
+    # -- messages ----------------------------------------------------------
+    def say(self, text: str):
+        if self.panel is not None:
+            self.panel.say(text)
+
+    def error(self, message: str, quiet: bool = False):
+        """Show a problem: in the status line, and (unless quiet) as a notification."""
+        message = " ".join(str(message).split())
+        self.last_error = message
+        self.say(message)
+        if not quiet:
+            show_error(message)
+        return None
+
+    last_error: str | None = None
+
+    def busy(self) -> bool:
+        if self.runner.busy:
+            self.error("wait for the running job, or press Stop")
+            return True
+        return False
+
+    def _set_busy(self, busy: bool):
+        if self.panel is not None:
+            self.panel.set_busy(busy)
+
+    def _job_failed(self, message, job):
+        self.error(message, quiet=job.context.get("quiet", False))
+
+    def start(self, gen, on_event, on_end=None, **context):
+        self.last_error = None
+        return self.runner.start(gen, on_event, self._ended(on_end), **context)
+
+    def _ended(self, on_end):
+        def end(job):
+            if job.error is None and not job.complete:
+                self.say("Stopped.")
+            if on_end is not None:
+                on_end(job)
+        return end
+
+    def stop(self):
+        if self.runner.busy:
+            self.say("Stopping…")
+        self.runner.stop()
+
+    # -- models on disk ----------------------------------------------------
+    def save_model(self, path) -> Path | None:
+        if self.busy():
+            return None
+        try:
+            if self.model is None:
+                raise UserInputError(f"train or load a {self.WHAT} first")
+            path = self.model.save(path)
+        except (UserInputError, OSError) as e:
+            return self.error(f"could not save: {describe_error(e)}")
+        show_info(f"saved {self.WHAT} to {path}")
+        self.say(f"Saved {Path(path).name}.")
+        return path
+
+    def load_model(self, path):
+        if self.busy():
+            return None
+        from .. import kinds
+
+        try:
+            kind = kinds.kind_of(path)
+            if kind.name not in self.KINDS:
+                raise UserInputError(f"{Path(path).name} holds a {kind.title}; load it in that widget")
+            model = kind.load(path, device=self.device())
+        except UserInputError as e:
+            return self.error(str(e))
+        self.model = model
+        self.on_model_loaded(model, Path(path))
+        return model
+
+    def device(self) -> str:
+        return "auto"
+
+    def on_model_loaded(self, model, path: Path):
+        self.say(f"Loaded {path.name}.")
+
+    def predict_folder(self, in_dir, out_dir, wanted=None, **options):
+        """Apply the model to every image of in_dir, writing files into out_dir."""
+        if self.busy():
+            return None
+        try:
+            if self.model is None:
+                raise UserInputError(f"train or load a {self.WHAT} first")
+            from ..core.apply import folder_outputs, iter_predict_folder
+            from ..core.io import list_images
+
+            files = list_images(in_dir)
+            folder_outputs(self.model, files, out_dir, wanted or (self.model.MAIN_OUTPUT,))  # refuse early
+            gen = iter_predict_folder(self.model, files, out_dir, wanted, **options)
+        except UserInputError as e:
+            return self.error(str(e))
+
+        def on_event(ev, job):
+            self.panel.show_progress(ev)
+            if ev.stage == "done" and ev.payload["failed"]:
+                self.error(ev.message)
+
+        return self.start(gen, on_event)
+
+    # -- going away ----------------------------------------------------------
+    def cleanup(self):
+        """Disconnect from the viewer and its layers; stop a running job."""
+        if self._closed:
+            return
+        self._closed = True
+        self.runner.stop()
+        for p in self.pickers:
+            p.close_picker()
+        for fn in self._cleanups:
+            fn()
+
+    def closeEvent(self, event):
+        self.cleanup()
+        super().closeEvent(event)
+
+    def event(self, e):
+        # napari takes a removed dock widget out by setting its parent to None.
+        if e.type() == QEvent.Type.ParentChange and self.parent() is None and self._was_docked:
+            self.cleanup()
+        elif e.type() == QEvent.Type.ParentChange and self.parent() is not None:
+            self._was_docked = True
+        return super().event(e)
+
+    _was_docked = False

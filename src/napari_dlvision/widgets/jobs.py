@@ -1,0 +1,131 @@
+"""One long job at a time, in a napari thread worker, stoppable.
+
+A job is a generator of core.events.Progress. It runs in a worker thread;
+each event is handed to `on_event` on the main thread (where layers may be
+touched). Stop ends the job at its next event, and the generator is closed
+on the main thread once the worker is done, so its clean-up (putting the
+kept weights back into a network, say) has run before `on_end` or anything
+else uses the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from napari.qt.threading import create_worker
+
+from ..core.errors import UserInputError
+
+log = logging.getLogger("napari_dlvision")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a notification; tracebacks go to the log only."""
+    if isinstance(exc, UserInputError):
+        return " ".join(str(exc).split())
+    if isinstance(exc, MemoryError):
+        return "out of memory: try a smaller image, patch, tile, batch or fewer features"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class Job:
+    gen: Any
+    on_event: Callable
+    on_end: Callable | None = None
+    context: dict = field(default_factory=dict)  # what the callbacks need to know
+    t0: float = field(default_factory=time.perf_counter)
+    complete: bool = False  # reached its "done" event
+    error: str | None = None
+    stopped: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def _drain(gen):
+    """Generator function wrapping a generator, as napari's workers want."""
+    yield from gen
+
+
+class JobRunner:
+    """Runs Jobs for one widget; `on_error(message, job)` hears of failures."""
+
+    def __init__(self, on_error: Callable[[str, Job], None], on_state: Callable[[bool], None] = lambda busy: None):
+        self.on_error, self.on_state = on_error, on_state
+        self.worker = None
+        self.job: Job | None = None
+        self._after: Callable | None = None  # to run once the current job has ended
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(self, gen, on_event, on_end=None, **context) -> Job:
+        if self.busy:
+            raise RuntimeError("a job is already running")
+        job = self.job = Job(gen, on_event, on_end, context)
+        # Connecting "errored" stops napari from re-raising in the event loop.
+        self.worker = create_worker(
+            _drain, gen, _start_thread=False,
+            _connect={"yielded": self._yielded, "errored": self._errored, "finished": self._finished},
+        )
+        self.on_state(True)
+        self.worker.start()
+        return job
+
+    def stop(self):
+        """End the running job at its next event (its clean-up still runs)."""
+        self._after = None
+        if self.worker is not None:
+            self.job.stopped = True
+            self.worker.quit()
+
+    def then(self, action: Callable):
+        """Run `action` once the current job has ended (at once when idle)."""
+        if self.busy:
+            self._after = action
+        else:
+            action()
+
+    def _yielded(self, event):
+        job = self.job
+        if getattr(event, "stage", None) == "done":
+            job.complete = True
+        try:
+            job.on_event(event, job)
+        except Exception as e:  # noqa: BLE001 - a display failure must not kill the worker's clean-up
+            log.error("showing a job event failed", exc_info=e)
+            self._fail(e)
+
+    def _errored(self, exc):
+        self._fail(exc)
+
+    def _fail(self, exc):
+        if not isinstance(exc, (UserInputError, MemoryError)):
+            log.error("job failed", exc_info=exc)
+        job = self.job
+        job.error = describe_error(exc)
+        self.on_error(job.error, job)
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _finished(self):
+        job, self.worker = self.job, None
+        try:
+            job.gen.close()  # runs the generator's clean-up if it was stopped
+        except Exception as e:  # noqa: BLE001
+            log.error("closing the job failed", exc_info=e)
+            job.error = job.error or describe_error(e)
+            self.on_error(job.error, job)
+        self.on_state(False)
+        if job.on_end is not None:
+            job.on_end(job)
+        after, self._after = self._after, None
+        if after is not None:
+            after()

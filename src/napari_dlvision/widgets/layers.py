@@ -1,0 +1,130 @@
+"""Reading napari layers for the core, and writing results into output layers.
+
+Output layers are created through `show_output` with their type said
+explicitly; each carries a tag in `layer.metadata`, so the plugin only ever
+updates layers it made (a user's layer that happens to share a name is never
+touched) and finds its layers again even after the user renamed them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from ..core.errors import UserInputError
+
+OUTPUT_TAG = "napari_dlvision_output"  # layer.metadata key marking layers we made
+LAYER_TYPES = ("labels", "image", "shapes")
+
+
+def image_input(image: Image):
+    """(data, channel_axis, spacing) of an image layer, as the core wants them.
+
+    RGB(A) layers carry channels last; the voxel size comes from the layer's
+    scale and is None when isotropic. The data is not copied or converted
+    here: that happens in the worker.
+    """
+    if image.multiscale:
+        raise UserInputError(
+            f"{image.name!r} is a multiscale image; open its full-resolution level as a plain layer")
+    data = image.data
+    axis = -1 if image.rgb else None
+    spatial = data.ndim - (1 if image.rgb else 0)
+    spacing = tuple(float(s) for s in image.scale[-spatial:])
+    return data, axis, (None if len(set(spacing)) == 1 else spacing)
+
+
+def spatial_shape(image: Image) -> tuple[int, ...]:
+    shape = image.data.shape
+    return tuple(shape[:-1] if image.rgb else shape)
+
+
+def visible_box(viewer, image: Image, shape):
+    """Box of data pixels on screen, (start, stop) per axis; None when unknown."""
+    try:
+        canvas = getattr(viewer, "canvas", None)  # napari >= 0.6
+        size = np.asarray(canvas.size if canvas is not None else viewer._canvas_size, float)
+        zoom = float(viewer.camera.zoom)
+        centre = np.asarray(viewer.camera.center)[-2:]
+        half = size / zoom / 2
+        lo = image.world_to_data(np.r_[viewer.dims.point[:-2], centre - half])
+        hi = image.world_to_data(np.r_[viewer.dims.point[:-2], centre + half])
+    except Exception:  # odd dims or camera state: predict in plain order
+        return None
+    lo, hi = np.asarray(lo)[-len(shape):], np.asarray(hi)[-len(shape):]
+    box = []
+    for a, b, n in zip(lo, hi, shape):
+        a, b = sorted((a, b))
+        if a == b:  # a sliced axis: the current plane
+            a, b = a - 0.5, a + 1.5
+        box.append((int(np.clip(np.floor(a), 0, n)), int(np.clip(np.ceil(b), 0, n))))
+    return tuple(box)
+
+
+def find_output(viewer, key: str):
+    for layer in viewer.layers:
+        if layer.metadata.get(OUTPUT_TAG) == key:
+            return layer
+    return None
+
+
+def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selected=None, update=True,
+                **create_kw):
+    """The output layer `key` showing `data`: updated in place when it fits, else (re)made.
+
+    With `update` False a fitting layer is returned as it is (a new run
+    then overwrites it block by block, without flashing empty first).
+
+    `like` (an image layer) lends its scale and translation; `create_kw`
+    (colormap, opacity, visible, ...) applies when the layer is created, so
+    the user's later changes to it stay. `keep_selected` (the user's
+    annotation layer) stays above the outputs and selected, so painting goes on.
+    """
+    if layer_type not in LAYER_TYPES:
+        raise ValueError(f"layer_type must be one of {LAYER_TYPES}")
+    layer = find_output(viewer, key)
+    if layer is not None and layer_type != "shapes" and layer._type_string == layer_type \
+            and layer.data.shape == np.shape(data) and layer.data.dtype == np.asarray(data).dtype:
+        if update:
+            layer.data[...] = data
+            layer.refresh()
+        return layer
+    if layer is not None and layer_type == "shapes" and layer._type_string == "shapes":
+        return layer  # callers replace shapes data themselves
+    if layer is not None:
+        viewer.layers.remove(layer)
+    kw = dict(create_kw)
+    if like is not None:
+        n = np.ndim(data) if layer_type != "shapes" else len(like.data.shape) - (1 if like.rgb else 0)
+        if layer_type == "image" and kw.get("rgb"):
+            n -= 1
+        kw.setdefault("scale", like.scale[-n:])
+        kw.setdefault("translate", like.translate[-n:])
+    kw.setdefault("name", key)
+    kw["metadata"] = {**kw.get("metadata", {}), OUTPUT_TAG: key}
+    add = {"labels": viewer.add_labels, "image": viewer.add_image, "shapes": viewer.add_shapes}[layer_type]
+    layer = add(data, **kw)
+    if keep_selected is not None and keep_selected in viewer.layers:
+        viewer.layers.move(viewer.layers.index(keep_selected), len(viewer.layers))
+        viewer.layers.selection.active = keep_selected
+    return layer
+
+
+def class_colour(labels: Labels | None, class_id: int):
+    """RGBA (0..1) napari draws class `class_id` with in this annotation layer."""
+    if labels is None:
+        from napari.utils.colormaps import label_colormap
+
+        return np.asarray(label_colormap().map(class_id), float).ravel()[:4]
+    return np.asarray(labels.colormap.map(class_id), float).ravel()[:4]
+
+
+def class_colormap(labels: Labels | None, n_classes: int, transparent=(1,)):
+    """Colours of the annotation's classes for a segmentation layer; `transparent`
+    classes (the background) are not drawn, so the image stays visible."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours = {None: np.zeros(4), 0: np.zeros(4)}
+    for k in range(1, n_classes + 1):
+        colours[k] = np.zeros(4) if k in transparent else class_colour(labels, k)
+    return DirectLabelColormap(color_dict=colours)

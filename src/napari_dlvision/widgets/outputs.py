@@ -1,0 +1,128 @@
+"""What a pixel classifier shows: segmentation, instances, optionally probabilities.
+
+By default two layers per image: the segmentation in the annotation's class
+colours with the background class left transparent (the image stays
+visible), and the instances drawn as outlines. Probabilities and uncertainty
+are one tick away. Layers are updated in place on every run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QWidget
+
+from ..core.probabilities import segmentation, uncertainty
+from .layers import class_colormap, show_output
+
+REFRESH_S = 0.15  # redraw output layers at most this often while predicting
+SEG_OPACITY = 0.45  # strokes (opacity 1) stay visible over a segmentation of their colour
+
+
+def background_classes(names) -> set[int]:
+    """Classes drawn transparent: those named background, else class 1."""
+    bg = {k for k, n in enumerate(names, 1) if n.strip().lower() in ("background", "bg", "back")}
+    return bg or {1}
+
+
+class PixelOutputs(QWidget):
+    def __init__(self, viewer, suffix: str = "", instances: bool = True):
+        super().__init__()
+        self.viewer, self.suffix = viewer, suffix
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.instances_check = QCheckBox("Instances")
+        self.instances_check.setToolTip("Split the last class into objects (touching ones separated)")
+        self.instances_check.setChecked(instances)
+        self.prob_check = QCheckBox("Probabilities and uncertainty")
+        self.prob_check.setToolTip("Also show one probability layer per class and the uncertainty (hidden at first)")
+        row.addWidget(self.instances_check)
+        row.addWidget(self.prob_check)
+        row.addStretch()
+        self.target = None
+        self._last_refresh = 0.0
+
+    def wanted(self) -> tuple[str, ...]:
+        out = ["segmentation"]
+        if self.instances_check.isChecked():
+            out.append("instances")
+        if self.prob_check.isChecked():
+            out += ["probabilities", "uncertainty"]
+        return tuple(out)
+
+    def name(self, image, what: str) -> str:
+        return f"{image.name} {what}{self.suffix}"
+
+    # -- one prediction -----------------------------------------------------
+    def begin(self, image, class_names, annotations):
+        """Start showing a prediction of `image`; layers appear with the first block."""
+        self.target = {"image": image, "names": list(class_names), "annotations": annotations,
+                       "wanted": self.wanted(), "layers": {}}
+
+    def _layers(self, n_classes, shape):
+        t = self.target
+        if t["layers"]:
+            return t["layers"]
+        image, ann = t["image"], t["annotations"]
+        names = t["names"] + [f"class {k}" for k in range(len(t["names"]) + 1, n_classes + 1)]
+        dtype = np.uint8 if n_classes < 255 else np.uint16
+        layers = {"segmentation": show_output(
+            self.viewer, self.name(image, "seg"), np.zeros(shape, dtype), "labels", like=image, keep_selected=ann,
+            update=False, colormap=class_colormap(ann, n_classes, background_classes(names)), opacity=SEG_OPACITY)}
+        if "probabilities" in t["wanted"]:
+            for k in range(n_classes):
+                layers[f"p{k}"] = show_output(
+                    self.viewer, self.name(image, f"p({names[k]})"), np.zeros(shape, np.float32), "image",
+                    like=image, keep_selected=ann, update=False, colormap="magma", contrast_limits=(0, 1), visible=False,
+                    blending="additive")
+            layers["uncertainty"] = show_output(
+                self.viewer, self.name(image, "uncertainty"), np.zeros(shape, np.float32), "image", like=image,
+                keep_selected=ann, update=False, colormap="inferno", contrast_limits=(0, 1), visible=False, blending="additive")
+        # The colours may have changed since the layer was made (classes added).
+        layers["segmentation"].colormap = class_colormap(ann, n_classes, background_classes(names))
+        t["layers"] = layers
+        return layers
+
+    def write_block(self, block, prob, final=False):
+        """Show probabilities `prob` (K, *spatial) inside `block` (slices); throttled redraw."""
+        if self.target is None:
+            return
+        layers = self._layers(prob.shape[0], prob.shape[1:])
+        p = prob[(slice(None),) + tuple(block)]
+        layers["segmentation"].data[tuple(block)] = segmentation(p)
+        if "uncertainty" in layers:
+            for k in range(prob.shape[0]):
+                layers[f"p{k}"].data[tuple(block)] = p[k]
+            layers["uncertainty"].data[tuple(block)] = uncertainty(p)
+        self.refresh(force=final)
+
+    def write_all(self, prob):
+        self.write_block(tuple(slice(None) for _ in prob.shape[1:]), prob, final=True)
+
+    def finish(self, results: dict):
+        """The final outputs (a dict from core.pixel_model); instances get their own layer."""
+        t = self.target
+        if t is None:
+            return
+        if "probabilities" in results and not t["layers"]:
+            self.write_all(results["probabilities"])
+        inst = results.get("instances")
+        if inst is not None:
+            t["layers"]["instances"] = show_output(
+                self.viewer, self.name(t["image"], "instances"), inst, "labels", like=t["image"],
+                keep_selected=t["annotations"], contour=2, opacity=0.9)
+        self.refresh(force=True)
+
+    def refresh(self, force=False):
+        now = time.perf_counter()
+        if self.target is None or (not force and now - self._last_refresh < REFRESH_S):
+            return
+        self._last_refresh = now
+        for layer in self.target["layers"].values():
+            if layer in self.viewer.layers:
+                layer.refresh()
+
+    def end(self):
+        if self.target is not None and self.target["layers"]:
+            self.refresh(force=True)

@@ -1,0 +1,276 @@
+"""Small widgets every dock widget is built from.
+
+- LayerPicker: a layer combo box that stays live (layers added, removed,
+  renamed) and tells its owner about every value it takes, the first one
+  included; released on close.
+- RunPanel: the action buttons, Stop, a progress bar, a status line and an
+  optional loss plot, fed by core.events.Progress.
+- ModelRow: Save… / Load… of model files.
+- ApplyRow: apply the model to another image layer or a folder of files.
+- SettingsForm: a form of typed fields, read as a dict.
+No model-specific code here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+    QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from .loss_plot import LossPlot
+
+MODEL_FILTER = "Models (*.dlv);;All files (*)"
+
+
+class LayerPicker(QComboBox):
+    """Layers of one type from the viewer; `on_change(layer or None)` hears every value."""
+
+    def __init__(self, viewer, layer_type, on_change: Callable | None = None, accept=None, prefer=None,
+                 none_text: str = "(none)"):
+        super().__init__()
+        self.viewer, self.layer_type = viewer, layer_type
+        self.accept = accept or (lambda layer: True)
+        self.prefer = prefer  # layer -> sort key for the default choice (smaller first)
+        self.on_change = on_change
+        self.none_text = none_text
+        self._layers: list = []
+        self._reported = object()  # nothing reported yet: the first value is reported too
+        self._named: set = set()
+        events = viewer.layers.events
+        self._connections = [(events.inserted, self.refresh), (events.removed, self.refresh),
+                             (events.moved, self.refresh)]
+        for emitter, slot in self._connections:
+            emitter.connect(slot)
+        self.currentIndexChanged.connect(self._changed)
+        self.refresh()
+
+    @property
+    def value(self):
+        i = self.currentIndex()
+        return self._layers[i] if 0 <= i < len(self._layers) else None
+
+    @value.setter
+    def value(self, layer):
+        self.refresh()
+        if layer in self._layers:
+            self.setCurrentIndex(self._layers.index(layer))
+        self._changed()
+
+    def refresh(self, *_):
+        current = self.value
+        layers = [la for la in self.viewer.layers if isinstance(la, self.layer_type) and self.accept(la)]
+        for layer in layers:  # keep names up to date when the user renames a layer
+            if id(layer) not in self._named:
+                layer.events.name.connect(self._renamed)
+                self._named.add(id(layer))
+        if current not in layers:
+            current = min(layers, key=self.prefer) if (layers and self.prefer) else (layers[0] if layers else None)
+        self.blockSignals(True)
+        self.clear()
+        self._layers = layers
+        if layers:
+            self.addItems([la.name for la in layers])
+            self.setCurrentIndex(layers.index(current))
+        else:
+            self.addItem(self.none_text)
+        self.blockSignals(False)
+        self._changed()
+
+    def _renamed(self, event=None):
+        for i, layer in enumerate(self._layers):
+            if i < self.count() and self.itemText(i) != layer.name:
+                self.setItemText(i, layer.name)
+
+    def _changed(self, *_):
+        value = self.value
+        if value is not self._reported:
+            self._reported = value
+            if self.on_change is not None:
+                self.on_change(value)
+
+    def close_picker(self):
+        """Disconnect from the viewer (the widget is going away)."""
+        for emitter, slot in self._connections:
+            emitter.disconnect(slot)
+        for layer in self.viewer.layers:
+            if id(layer) in self._named:
+                layer.events.name.disconnect(self._renamed)
+        self._connections, self._named = [], set()
+
+
+class RunPanel(QWidget):
+    """Action buttons + Stop, progress bar, status line and (optionally) a loss plot."""
+
+    def __init__(self, buttons, on_stop, plot: bool = False, hint: str = ""):
+        super().__init__()
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        self.buttons = {}
+        for text, slot in buttons:
+            if isinstance(text, QWidget):
+                row.addWidget(text)
+                continue
+            b = QPushButton(text)
+            b.clicked.connect(slot)
+            self.buttons[text] = b
+            row.addWidget(b)
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setEnabled(False)
+        self.stop_btn.clicked.connect(on_stop)
+        row.addWidget(self.stop_btn)
+        lay.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.status = QLabel(hint)
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+        self.plot = LossPlot() if plot else None
+        if self.plot is not None:
+            lay.addWidget(self.plot)
+
+    def set_busy(self, busy: bool):
+        self.stop_btn.setEnabled(busy)
+        if busy:
+            self.progress.setValue(0)
+
+    def say(self, text: str):
+        self.status.setText(text)
+
+    def show_progress(self, ev, step_offset: int = 0):
+        """Progress bar, status and plot from one core.events.Progress."""
+        if ev.fraction is not None:
+            self.progress.setValue(int(round(100 * ev.fraction)))
+        if ev.message:
+            self.say(ev.message)
+        if self.plot is not None and ev.stage == "training":
+            self.plot.add(step_offset + ev.done, ev.loss, ev.smoothed_loss, ev.metrics)
+
+
+class ModelRow(QWidget):
+    """Save… / Load… buttons for model files; the callbacks get a path."""
+
+    def __init__(self, what: str, default_name: str, on_save, on_load):
+        super().__init__()
+        self.what, self.default_name = what, default_name
+        self.on_save, self.on_load = on_save, on_load
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.save_btn = QPushButton(f"Save {what}…")
+        self.load_btn = QPushButton(f"Load {what}…")
+        self.save_btn.clicked.connect(self._save)
+        self.load_btn.clicked.connect(self._load)
+        row.addWidget(self.save_btn)
+        row.addWidget(self.load_btn)
+
+    def _save(self):
+        path = QFileDialog.getSaveFileName(self, f"Save {self.what}", self.default_name, MODEL_FILTER)[0]
+        if path:
+            self.on_save(path)
+
+    def _load(self):
+        path = QFileDialog.getOpenFileName(self, f"Load {self.what}", "", MODEL_FILTER)[0]
+        if path:
+            self.on_load(path)
+
+
+class ApplyRow(QWidget):
+    """Apply the model to an image layer (picked here) or to a folder of files."""
+
+    def __init__(self, picker: LayerPicker, on_layer, on_folder, layer_text="Apply to layer",
+                 folder_text="Apply to folder…"):
+        super().__init__()
+        self.picker, self.on_folder = picker, on_folder
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(picker, 1)
+        self.layer_btn = QPushButton(layer_text)
+        self.layer_btn.clicked.connect(lambda: on_layer(picker.value))
+        self.folder_btn = QPushButton(folder_text)
+        self.folder_btn.clicked.connect(self._folder)
+        row.addWidget(self.layer_btn)
+        row.addWidget(self.folder_btn)
+
+    def _folder(self):
+        src = QFileDialog.getExistingDirectory(self, "Folder of images")
+        dst = QFileDialog.getExistingDirectory(self, "Folder for the results (not the same folder)") if src else ""
+        if src and dst:
+            self.on_folder(src, dst)
+
+
+@dataclass
+class Field:
+    name: str
+    label: str
+    default: Any
+    lo: float = 0
+    hi: float = 1_000_000
+    step: float = 1
+    choices: tuple = ()
+    tooltip: str = ""
+    special: str = ""  # text shown for the minimum value (e.g. "auto" for 0)
+    decimals: int = 5
+
+
+class SettingsForm(QGroupBox):
+    """A form of fields (int, float, bool or choice, from each default's type); `values()` reads it."""
+
+    def __init__(self, title: str, fields):
+        super().__init__(title)
+        self.form = QFormLayout(self)
+        self.editors: dict[str, QWidget] = {}
+        for f in fields:
+            self.add(f)
+
+    def add(self, f: Field):
+        if f.choices:
+            w = QComboBox()
+            w.addItems([str(c) for c in f.choices])
+            w.setCurrentText(str(f.default))
+        elif isinstance(f.default, bool):
+            w = QCheckBox()
+            w.setChecked(f.default)
+        elif isinstance(f.default, int):
+            w = QSpinBox(minimum=int(f.lo), maximum=int(f.hi), value=f.default, singleStep=int(f.step))
+        else:
+            w = QDoubleSpinBox(decimals=f.decimals, minimum=f.lo, maximum=f.hi, value=f.default, singleStep=f.step)
+        if f.special and hasattr(w, "setSpecialValueText"):
+            w.setSpecialValueText(f.special)
+        w.setToolTip(f.tooltip)
+        self.editors[f.name] = w
+        self.form.addRow(f.label, w)
+        return w
+
+    def values(self) -> dict:
+        out = {}
+        for name, w in self.editors.items():
+            if isinstance(w, QComboBox):
+                out[name] = w.currentText()
+            elif isinstance(w, QCheckBox):
+                out[name] = w.isChecked()
+            else:
+                out[name] = w.value()
+        return out
+
+    def set_value(self, name: str, value):
+        w = self.editors[name]
+        if isinstance(w, QComboBox):
+            w.setCurrentText(str(value))
+        elif isinstance(w, QCheckBox):
+            w.setChecked(bool(value))
+        else:
+            w.setValue(value)
+
+
+def hbox(*widgets) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for w in widgets:
+        row.addWidget(QLabel(w) if isinstance(w, str) else w)
+    return row

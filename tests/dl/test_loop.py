@@ -1,0 +1,129 @@
+"""The shared training loop on a tiny real model: kept weights, stops, schedules."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_dlvision.core.errors import UserInputError
+from napari_dlvision.dl.loop import FitSettings, fit
+
+
+def _problem(seed=0):
+    """A linear regression the loop can solve: y = x @ w."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(4, 1, generator=g)
+
+    def batches(n):
+        x = torch.randn(n, 4, generator=g)
+        return x, x @ w
+
+    def loss_fn(net, batch):
+        x, y = batch
+        return torch.nn.functional.mse_loss(net(x), y)
+
+    return torch.nn.Linear(4, 1), batches, loss_fn, w
+
+
+def test_fit_learns_and_reports():
+    net, batches, loss_fn, w = _problem()
+    events = list(fit(net, batches, loss_fn, FitSettings(steps=300, batch_size=16, lr=0.05)))
+    assert events[0].stage == "start" and "CPU" in events[0].message
+    train = [e for e in events if e.stage == "training"]
+    assert [e.done for e in train] == list(range(1, 301)) and train[-1].total == 300
+    assert train[-1].smoothed_loss < 0.01 * train[0].loss
+    report = events[-1].payload["report"]
+    assert report["stopped"] == "finished" and report["steps"] == 300 and report["kept"] == "the last weights"
+    torch.testing.assert_close(net.weight.detach().T, w, atol=0.05, rtol=0)
+
+
+def test_validation_keeps_the_best_scoring_weights():
+    net, batches, loss_fn, w = _problem()
+    scores = iter([0.2, 0.9, 0.5, 0.1])  # the second validation is the best
+    seen = {}
+
+    def validate(model):
+        score = next(scores)
+        seen[score] = model.weight.detach().clone()
+        return {"score": score}
+
+    events = list(fit(net, batches, loss_fn, FitSettings(steps=40, batch_size=8, lr=0.05, val_every=10),
+                      validate=validate))
+    report = events[-1].payload["report"]
+    assert report["best_step"] == 20 and report["metrics"]["best"] == 0.9
+    torch.testing.assert_close(net.weight.detach(), seen[0.9])
+    assert [e.metrics.get("score") for e in events if e.stage == "training"][9::10] == [0.2, 0.9, 0.5, 0.1]
+
+
+def test_ema_weights_are_previewed_and_kept_when_stopped():
+    net, batches, loss_fn, _ = _problem()
+    previews = []
+    gen = fit(net, batches, loss_fn, FitSettings(steps=1000, batch_size=8, lr=0.05, ema=0.9, preview_every=5),
+              preview=lambda model: model.weight.detach().clone())
+    for ev in gen:
+        if ev.payload:
+            previews.append(ev.payload["preview"])
+        if ev.done == 20:
+            break
+    gen.close()  # the user pressed Stop
+    # The preview at step 20 showed the averaged weights, and exactly those are kept.
+    torch.testing.assert_close(net.weight.detach(), previews[-1])
+    assert not net.training
+
+
+def test_a_diverging_run_stops_and_keeps_finite_weights():
+    net, batches, loss_fn, _ = _problem()
+    calls = {"n": 0}
+
+    def exploding(model, batch):
+        calls["n"] += 1
+        loss = loss_fn(model, batch)
+        return loss * math.nan if calls["n"] > 30 else loss
+
+    events = list(fit(net, batches, exploding, FitSettings(steps=100, batch_size=8, lr=0.05)))
+    report = events[-1].payload["report"]
+    assert report["stopped"] == "diverged" and report["steps"] == 31
+    assert "lower learning rate" in events[-1].message
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_out_of_memory_halves_the_batch():
+    net, batches, loss_fn, _ = _problem()
+    sizes = []
+
+    def tight(n):
+        sizes.append(n)
+        if n > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return batches(n)
+
+    events = list(fit(net, tight, loss_fn, FitSettings(steps=3, batch_size=16)))
+    assert sizes[:3] == [16, 8, 4] and set(sizes[3:]) == {4}
+    assert "retrying with batch size 8" in events[1].message
+    assert events[-1].payload["report"]["batch_size"] == 4
+
+
+def test_time_limit():
+    net, batches, loss_fn, _ = _problem()
+    events = list(fit(net, batches, loss_fn, FitSettings(steps=10_000_000, batch_size=4, time_limit=0.3)))
+    assert events[-1].payload["report"]["stopped"] == "time limit"
+    assert "time limit" in events[-2].message and events[-2].seconds >= 0.3
+
+
+def test_schedules():
+    s = FitSettings(steps=100, warmup=10)
+    f = [s.lr_factor(i) for i in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(b <= a + 1e-12 for a, b in zip(f[10:], f[11:])) and f[-1] == pytest.approx(0.05, abs=0.01)
+    one = FitSettings(steps=100, schedule="onecycle")
+    g = [one.lr_factor(i) for i in range(100)]
+    assert np.argmax(g) == 25 and g[0] < 0.2 and g[-1] < 0.1
+
+
+@pytest.mark.parametrize("bad", [dict(steps=0), dict(lr=math.inf), dict(lr=-1), dict(time_limit=math.nan),
+                                 dict(batch_size=True), dict(schedule="linear"), dict(ema=1.0)])
+def test_bad_settings_are_user_errors(bad):
+    net, batches, loss_fn, _ = _problem()
+    with pytest.raises(UserInputError):
+        next(fit(net, batches, loss_fn, FitSettings(**bad)))
