@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import tifffile
 from qtpy.QtCore import Qt
+from widget_helpers import wait_idle
 
 from napari_dlvision.core.metrics import iou
 from napari_dlvision.data.synthetic import NUCLEUS, nuclei
-from napari_dlvision.widgets.unet_trainer import PRESETS, UNetWidget
+from napari_dlvision.widgets.unet_trainer import FIELDS, UNetWidget
 
 TIMEOUT_MS = 180_000
 
@@ -19,70 +20,79 @@ def small():
 
 @pytest.fixture
 def widget(make_napari_viewer, small):
+    """The user's image and strokes opened first, the widget docked after."""
     viewer = make_napari_viewer()
     viewer.add_image(small.image, name="cells")
     viewer.add_labels(small.scribbles.copy(), name="cells annotations")
     w = UNetWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.reset_choices()
-    w.steps_spin.setValue(120)
-    w.patch_spin.setValue(64)
-    w.batch_spin.setValue(4)
-    w.preview_spin.setValue(40)
-    return w
-
-
-def wait_idle(qtbot, w):
-    qtbot.waitUntil(lambda: w.worker is None, timeout=TIMEOUT_MS)
+    for name, value in (("steps", 120), ("patch_size", 64), ("batch_size", 4), ("preview_every", 40)):
+        w.settings_form.set_value(name, value)
+    yield w
+    w.runner.stop()
 
 
 def test_presets_match_the_model_code():
     from napari_dlvision.dl.unet import PRESETS as MODEL_PRESETS
 
-    assert set(PRESETS) == set(MODEL_PRESETS)
+    assert set(next(f for f in FIELDS if f.name == "preset").choices) == set(MODEL_PRESETS)
 
 
 def test_train_previews_then_final_prediction(qtbot, widget, small):
+    viewer = widget.viewer
+    # One class list for both widgets: the forest's names, not "class 1 / class 2".
+    assert widget.class_table.names() == ["background", "foreground"]
+    assert widget.labels_combo.value is viewer.layers["cells annotations"]
     qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
     # Preview layers appear while training runs.
-    qtbot.waitUntil(lambda: "cells U-Net segmentation" in widget.viewer.layers, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: "cells seg (U-Net)" in viewer.layers, timeout=TIMEOUT_MS)
     wait_idle(qtbot, widget)  # training, then the final prediction job
+    qtbot.waitUntil(lambda: "cells instances (U-Net)" in viewer.layers, timeout=TIMEOUT_MS)
     wait_idle(qtbot, widget)
-    qtbot.waitUntil(lambda: "cells U-Net instances" in widget.viewer.layers, timeout=TIMEOUT_MS)
     assert widget.last_error is None, widget.last_error
-    assert len(widget.plot.loss) == 120
-    seg = widget.viewer.layers["cells U-Net segmentation"].data
+    assert len(widget.plot.loss) == 120 and widget.plot.last_step == 120
+    assert widget.status.text().startswith("Training finished after 120 steps")
+    assert "Predicted cells" in widget.status.text()
+    seg = viewer.layers["cells seg (U-Net)"].data
     assert iou(seg == NUCLEUS, small.foreground) > 0.6
-    np.testing.assert_array_equal(widget.viewer.layers["cells annotations"].data, small.scribbles)
+    np.testing.assert_array_equal(viewer.layers["cells annotations"].data, small.scribbles)
+    assert viewer.layers.selection.active is viewer.layers["cells annotations"]
+
+
+def test_class_names_are_shared_with_the_forest_widget(qtbot, widget):
+    from napari_dlvision.widgets.pixel_classifier import PixelClassifierWidget
+
+    forest = PixelClassifierWidget(widget.viewer)
+    forest.class_table.table.item(1, 1).setText("nucleus")
+    assert widget.class_table.names() == ["background", "nucleus"]
 
 
 def test_stop_keeps_a_usable_model_and_continue_resumes(qtbot, widget, small, tmp_path):
-    widget.steps_spin.setValue(5000)
-    widget.preview_spin.setValue(0)
+    widget.settings_form.set_value("steps", 5000)
+    widget.settings_form.set_value("preview_every", 0)
     widget.train()
     qtbot.waitUntil(lambda: len(widget.plot.loss) >= 5, timeout=TIMEOUT_MS)
     qtbot.mouseClick(widget.stop_btn, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, widget)
-    wait_idle(qtbot, widget)
     assert widget.segmenter is not None and widget.last_error is None
     stopped_at = widget.segmenter.training["steps_total"]
     assert 5 <= stopped_at < 5000
-    widget.steps_spin.setValue(10)
+    widget.settings_form.set_value("steps", 10)
     qtbot.mouseClick(widget.continue_btn, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, widget)
-    wait_idle(qtbot, widget)
     assert widget.segmenter.training["steps_total"] == stopped_at + 10
-    assert widget.plot.steps[-1] >= stopped_at + 10  # the curve goes on
+    assert widget.plot.last_step == stopped_at + 10  # the curve goes on where it stopped
 
     path = widget.save_model(tmp_path / "unet.dlv")
     other = UNetWidget(widget.viewer)
-    other.reset_choices()
     assert other.load_model(path) is not None
+    other.outputs.prob_check.setChecked(True)
     other.predict_layer(widget.viewer.layers["cells"])
     wait_idle(qtbot, other)
     assert other.last_error is None
+    assert other.status.text().startswith("Predicted cells")
     np.testing.assert_allclose(
-        widget.viewer.layers["cells U-Net probability class 2"].data,
+        widget.viewer.layers["cells p(foreground) (U-Net)"].data,
         widget.segmenter.predict_proba(small.image)[1], atol=1e-5)
 
     (tmp_path / "in").mkdir()
@@ -97,11 +107,14 @@ def test_dense_training_from_a_folder(qtbot, widget, tmp_path):
         (tmp_path / sub).mkdir()
     for i in range(2):
         s = nuclei((96, 96), radius=(7.0, 11.0), seed=20 + i)
-        tifffile.imwrite(tmp_path / "images" / f"n{i}.tif", s.image)
+        image = s.image if i else np.stack([s.image] * 2)  # channel-first beside grey: refused
+        tifffile.imwrite(tmp_path / "images" / f"n{i}.tif", image)
         tifffile.imwrite(tmp_path / "masks" / f"n{i}.tif", s.instances)
+    assert widget.load_folder(tmp_path) is None and "mix grey and colour" in widget.last_error
+    tifffile.imwrite(tmp_path / "images" / "n0.tif", nuclei((96, 96), radius=(7.0, 11.0), seed=20).image)
     assert widget.load_folder(tmp_path) is not None
-    assert widget.mode() == "dense"
-    widget.steps_spin.setValue(30)
+    assert widget.mode() == "dense" and not widget.class_table.isVisibleTo(widget)
+    widget.settings_form.set_value("steps", 30)
     widget.train()
     wait_idle(qtbot, widget)
     assert widget.last_error is None, widget.last_error
@@ -127,4 +140,10 @@ def test_continue_without_model_and_corrupted_file(qtbot, widget, tmp_path):
     bad = tmp_path / "bad.dlv"
     bad.write_bytes(b"\x00" * 50)
     assert widget.load_model(bad) is None
-    assert "not a readable" in widget.last_error
+    assert "not a" in widget.last_error
+    forest_file = tmp_path / "rf.dlv"
+    from napari_dlvision.core.pixel_classifier import PixelClassifier
+
+    s = nuclei((64, 64), seed=1)
+    PixelClassifier(n_trees=3).fit(s.image, s.scribbles).save(forest_file)
+    assert widget.load_model(forest_file) is None and "random forest" in widget.last_error

@@ -41,6 +41,9 @@ class ModelWidget(QWidget):
         self._cleanups.append(fn)
 
     def reset_choices(self, *_):
+        """napari calls this on layer changes for docked widgets; our pickers refresh themselves."""
+        if self._closed:
+            return
         for p in self.pickers:
             p.refresh()
 
@@ -71,14 +74,22 @@ class ModelWidget(QWidget):
             self.panel.set_busy(busy)
 
     def _job_failed(self, message, job):
-        self.error(message, quiet=job.context.get("quiet", False))
+        if not self._closed:
+            self.error(message, quiet=job.context.get("quiet", False))
 
     def start(self, gen, on_event, on_end=None, **context):
         self.last_error = None
-        return self.runner.start(gen, on_event, self._ended(on_end), **context)
+
+        def shown(ev, job):  # events still queued when the widget closed are dropped
+            if not self._closed:
+                on_event(ev, job)
+
+        return self.runner.start(gen, shown, self._ended(on_end), **context)
 
     def _ended(self, on_end):
         def end(job):
+            if self._closed:
+                return
             if job.error is None and not job.complete:
                 self.say("Stopped.")
             if on_end is not None:
@@ -158,6 +169,9 @@ class ModelWidget(QWidget):
         self.runner.stop()
         for p in self.pickers:
             p.close_picker()
+        # napari connected reset_choices when it docked us and does not disconnect it.
+        for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            emitter.disconnect(self.reset_choices)
         for fn in self._cleanups:
             fn()
 

@@ -102,8 +102,11 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
         kw.setdefault("translate", like.translate[-n:])
     kw.setdefault("name", key)
     kw["metadata"] = {**kw.get("metadata", {}), OUTPUT_TAG: key}
+    after = {k: kw.pop(k) for k in ("contour",) if k in kw}  # properties the constructor lacks
     add = {"labels": viewer.add_labels, "image": viewer.add_image, "shapes": viewer.add_shapes}[layer_type]
     layer = add(data, **kw)
+    for k, v in after.items():
+        setattr(layer, k, v)
     if keep_selected is not None and keep_selected in viewer.layers:
         viewer.layers.move(viewer.layers.index(keep_selected), len(viewer.layers))
         viewer.layers.selection.active = keep_selected

@@ -67,6 +67,7 @@ class PixelClassifierWidget(ModelWidget):
         self._live_timer.timeout.connect(self._live_retrain)
         self.viewer.layers.events.removed.connect(self._forget_features)
         self.on_close(lambda: self.viewer.layers.events.removed.disconnect(self._forget_features))
+        self.on_close(self._live_timer.stop)
 
     # aliases kept for scripts and tests
     @property
@@ -174,6 +175,8 @@ class PixelClassifierWidget(ModelWidget):
     # -- actions ----------------------------------------------------------
     def train(self, live: bool = False):
         """Fit a new forest on the current annotations and predict the image."""
+        if self._closed:
+            return None
         if self.runner.busy:  # a newer stroke or click: restart with the latest strokes
             self.runner.stop()
             self.runner.then(lambda: self.train(live))
