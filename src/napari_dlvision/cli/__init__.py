@@ -3,6 +3,7 @@
     dlvision train rf --image IMG --labels LBL --out MODEL [--features ...]
     dlvision train unet --image IMG --labels LBL --out MODEL [--steps N] [--time-limit S]
     dlvision predict --model MODEL --image IMG --out SEG.tif [--probabilities P.tif]
+    dlvision evaluate --model MODEL ...
     dlvision info MODEL
 
 `train` has one sub-command per registered model kind (napari_dlvision.kinds);
@@ -42,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(sp)
         sp.set_defaults(run=module.run)
 
-    from . import info, predict
+    from . import evaluate, info, predict
 
-    for name, module in (("predict", predict), ("info", info)):
+    for name, module in (("predict", predict), ("evaluate", evaluate), ("info", info)):
         sp = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
         module.add_arguments(sp)
         sp.set_defaults(run=module.run)

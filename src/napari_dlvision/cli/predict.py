@@ -2,6 +2,7 @@
 
     dlvision predict --model MODEL --image IMG --out SEG.tif [--probabilities P.tif] [--instances I.tif]
     dlvision predict --model MODEL --image FOLDER --out RESULTS/     # FOLDER/x.png -> RESULTS/x_segmentation.tif
+    dlvision predict --model CLASSIFIER --data DIR --out PRED.csv     # image classifiers: one row per image
 
 Outputs go to temporary files renamed into place; an output that names an
 input, or an output folder that is the input folder, is refused before any
@@ -14,13 +15,17 @@ from pathlib import Path
 
 # Extra outputs of pixel classifiers, beside the main one (--out).
 PIXEL_EXTRA = ("probabilities", "uncertainty", "instances")
+# Tasks that predict a whole data set at once (`--data`), not image by image.
+DATA_PREDICTORS = {"images": "napari_dlvision.cli.predict_images"}
 
 
 def add_arguments(p):
     from .common import image_options
 
     p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--image", required=True, type=Path, help="image file, or a folder of images")
+    p.add_argument("--image", type=Path, default=None, help="image file, or a folder of images")
+    p.add_argument("--data", type=Path, default=None,
+                   help="image classifiers: a folder of images (class folders or flat) to classify")
     p.add_argument("--out", required=True, type=Path,
                    help="the main output (a segmentation for pixel classifiers); a folder when --image is one")
     # With a folder of images these only ask for the output; files go into --out.
@@ -29,28 +34,55 @@ def add_arguments(p):
     p.add_argument("--instances", type=Path, help="pixel classifiers: instance labels of the foreground class")
     p.add_argument("--foreground", type=int, default=None,
                    help="class id split into instances (default: the highest class id)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="detectors: keep boxes scoring at least this (default: the model's)")
     image_options(p)
 
 
+def task_options(args, kind, model) -> dict:
+    """Prediction options of the model's task, refusing flags meant for another task."""
+    from .. import kinds
+    from ..core.errors import UserInputError
+
+    extra = [k for k in PIXEL_EXTRA if getattr(args, k) is not None]
+    if kind.task != kinds.PIXELS and (extra or args.foreground is not None):
+        raise UserInputError(f"--probabilities, --uncertainty, --instances and --foreground are for pixel "
+                             f"classifiers; {args.model} is a {kind.title}")
+    if kind.task != kinds.BOXES and args.score_threshold is not None:
+        raise UserInputError(f"--score-threshold is for detectors; {args.model} is a {kind.title}")
+    if kind.task == kinds.PIXELS:
+        if args.foreground is not None and not 1 <= args.foreground <= model.n_classes:
+            raise UserInputError(f"--foreground must be a class id between 1 and {model.n_classes}")
+        return {"foreground": args.foreground}
+    if kind.task == kinds.BOXES and args.score_threshold is not None:
+        return {"score_threshold": args.score_threshold}
+    return {}
+
+
 def run(args):
+    import importlib
+
     from .. import kinds
     from ..core.apply import iter_predict_folder, predict_file, write_output
     from ..core.errors import UserInputError
     from ..core.io import list_images
     from .common import check_outputs
 
+    kind = kinds.kind_of(args.model)
+    if kind.task in DATA_PREDICTORS or args.data is not None:
+        if kind.task not in DATA_PREDICTORS:
+            raise UserInputError(f"--data is for image classifiers; {args.model} is a {kind.title}: use --image")
+        if args.data is None:
+            raise UserInputError(f"{args.model} is a {kind.title}: give --data DIR (a folder of images)")
+        return importlib.import_module(DATA_PREDICTORS[kind.task]).run(args, kind)
+    if args.image is None:
+        raise UserInputError("give --image (a file or a folder of images)")
     extra = {k: getattr(args, k) for k in PIXEL_EXTRA if getattr(args, k) is not None}
     folder = args.image.is_dir()
     if not folder:
         check_outputs([args.image, args.model], [args.out, *extra.values()])
-    kind = kinds.kind_of(args.model)
-    if kind.task != kinds.PIXELS and (extra or args.foreground is not None):
-        raise UserInputError(f"--probabilities, --uncertainty, --instances and --foreground are for pixel "
-                             f"classifiers; {args.model} is a {kind.title}")
     model = kind.load(args.model)
-    if args.foreground is not None and not 1 <= args.foreground <= model.n_classes:
-        raise UserInputError(f"--foreground must be a class id between 1 and {model.n_classes}")
-    options = {"foreground": args.foreground} if kind.task == kinds.PIXELS else {}
+    options = task_options(args, kind, model)
     wanted = [model.MAIN_OUTPUT, *extra]
     if folder:
         files = list_images(args.image)
