@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 from .data.synthetic import nuclei
+from .palette import annotation_colormap
+
+
+def _visible_strokes(scribbles):
+    """Strokes three pixels wide: one-pixel lines vanish at screen zoom."""
+    from scipy import ndimage as ndi
+
+    size = (3,) * scribbles.ndim if scribbles.ndim == 2 else (1, 3, 3)
+    wide = ndi.grey_dilation(scribbles, size=size)
+    return wide.astype(scribbles.dtype)
 
 
 def _nuclei_layers(sample, name, scale=None):
@@ -10,7 +20,8 @@ def _nuclei_layers(sample, name, scale=None):
     # Annotations before the ground truth: layer pickers offer the first one.
     return [
         (sample.image, {"name": name, **kw}, "image"),
-        (sample.scribbles, {"name": f"{name} annotations", **kw}, "labels"),
+        (_visible_strokes(sample.scribbles), {"name": f"{name} annotations", "opacity": 1.0,
+                                              "colormap": annotation_colormap(), **kw}, "labels"),
         (sample.instances, {"name": f"{name} ground truth", "visible": False, **kw}, "labels"),
     ]
 

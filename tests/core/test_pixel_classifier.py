@@ -177,3 +177,25 @@ def test_class_ids_with_gaps_keep_their_ids(sample2d):
 def test_instance_mask_by_mistake_is_refused(sample2d):
     with pytest.raises(UserInputError, match="instance mask"):
         PixelClassifier(n_trees=5).fit(sample2d.image, sample2d.instances)
+
+
+def test_empty_training_lists_and_huge_values_are_user_errors():
+    from napari_dlvision.core.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="no training images"):
+        PixelClassifier().fit([], [])
+    img = np.full((32, 32), 1e38, np.float32)
+    img[:16] = 0
+    lab = np.zeros((32, 32), np.uint8)
+    lab[2, 2], lab[30, 30] = 1, 2
+    with pytest.raises(UserInputError, match="too large"):
+        PixelClassifier(n_trees=2).fit(img, lab)
+
+
+def test_rgb_picture_given_to_a_volume_model_is_refused():
+    from napari_dlvision.core.errors import UserInputError
+    from napari_dlvision.core.io import channel_axis_for
+
+    with pytest.raises(UserInputError, match="2D colour image"):
+        channel_axis_for((512, 512, 3), 3, 1)
+    assert channel_axis_for((16, 64, 64), 3, 1) is None

@@ -162,3 +162,16 @@ def test_damaged_weights_are_model_file_errors(sparse_run, tmp_path, capsys):
 def test_save_before_training_is_a_user_error(tmp_path):
     with pytest.raises(UserInputError, match="train"):
         UNetSegmenter().save(tmp_path / "x.dlv")
+
+
+def test_dense_model_file_must_have_three_classes(sparse_run, tmp_path):
+    seg, _ = sparse_run
+    seg.save(tmp_path / "u.dlv")
+    with zipfile.ZipFile(tmp_path / "u.dlv") as zf:
+        meta, weights = json.loads(zf.read("model.json")), zf.read("weights.pt")
+    meta["mode"] = "dense"  # a 2-class network claiming to be a dense (3-class) model
+    with zipfile.ZipFile(tmp_path / "d.dlv", "w") as zf:
+        zf.writestr("model.json", json.dumps(meta))
+        zf.writestr("weights.pt", weights)
+    with pytest.raises(ModelFileError, match="3 classes"):
+        UNetSegmenter.load(tmp_path / "d.dlv")

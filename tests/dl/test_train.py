@@ -192,3 +192,24 @@ def test_automatic_batch_size_on_cpu():
     seg = UNetSegmenter()
     first = next(iter(train_unet(seg, s.image, s.scribbles, TrainSettings(steps=1, patch_size=32, batch_size=0))))
     assert "batch 8" in first.message
+
+
+def test_class_ids_with_gaps_come_back_as_painted(train2d):
+    """Strokes with ids 5 and 9 give a 9-channel network; only 5 and 9 may be predicted."""
+    strokes = np.where(train2d.scribbles == 1, 5, np.where(train2d.scribbles == 2, 9, 0)).astype(np.uint8)
+    seg = UNetSegmenter()
+    list(train_unet(seg, train2d.image, strokes, TrainSettings(steps=20, **QUICK)))
+    assert seg.n_classes == 9 and seg.classes == [5, 9]
+    assert set(np.unique(seg.predict(train2d.image))) <= {5, 9}
+
+
+def test_batch_that_cannot_fit_in_ram_is_refused(train2d):
+    with pytest.raises(UserInputError, match="GiB"):
+        next(train_unet(UNetSegmenter(), train2d.image, train2d.scribbles,
+                        TrainSettings(batch_size=4096, patch_size=128)))
+
+
+def test_an_instance_mask_as_strokes_is_refused(train2d):
+    many = (np.arange(128 * 128).reshape(128, 128) // 97 % 300).astype(np.uint16)  # 169 "classes"
+    with pytest.raises(UserInputError, match="instance mask"):
+        next(train_unet(UNetSegmenter(), train2d.image, many, TrainSettings(**QUICK)))

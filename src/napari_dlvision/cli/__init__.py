@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import logging
+
+    # Readers log their own complaints about broken files; we report each
+    # failure once, as one line.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     args = build_parser().parse_args(argv)
     from ..core.errors import UserInputError
 

@@ -214,6 +214,12 @@ def channel_axis_for(shape, spatial_ndim: int, n_channels: int | None = None):
     if it has n_channels entries (or at most 4 when unknown), else the first.
     """
     if len(shape) == spatial_ndim:
+        # A volume model given a colour picture: (H, W, 3) is not 3 slices of H x W
+        # 3 pixels wide. Refuse rather than produce nonsense.
+        if spatial_ndim == 3 and shape[-1] in (3, 4) and min(shape[:-1]) > 4 * shape[-1]:
+            raise UserInputError(
+                f"image of shape {tuple(shape)} looks like a 2D colour image, but the model expects "
+                "3D volumes; pass --channel-axis if it really is a volume")
         return None
     if len(shape) != spatial_ndim + 1:
         raise UserInputError(

@@ -237,8 +237,10 @@ class PixelClassifier(PixelModel):
             if n_features != spec.n_features(self.n_channels, self.ndim):
                 raise ValueError("feature count does not match the feature list")
             self.ensemble = TreeEnsemble(arrays, n_features, len(meta["classes"]))
-        except ModelFileError:
-            raise
+        except ModelFileError as e:
+            if str(path) in str(e):
+                raise
+            raise ModelFileError(f"{path}: {e}") from None
         except (KeyError, TypeError, ValueError, IndexError, UserInputError) as e:
             raise ModelFileError(f"{path} is a damaged pixel classifier ({e})") from None
         return self

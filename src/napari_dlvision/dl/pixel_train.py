@@ -25,7 +25,7 @@ from ..core.images import as_channels_first, check_spacing
 from ..core.labels import as_label_array, check_classes
 from ..core.metrics import iou
 from .augment import Augmentation
-from .devices import free_memory, pick_device
+from .devices import check_fits_in_ram, free_memory, pick_device
 from .loop import FitSettings, fit
 from .segmenter import UNetSegmenter
 from .targets import IGNORE, balanced_weights, class_counts, dense_targets, sparse_targets
@@ -77,18 +77,21 @@ class TrainSettings:
         return d
 
 
+def training_bytes_per_sample(patch, base_channels: int) -> int:
+    """Roughly 24 float32 maps of the base width at full patch resolution stay
+    alive per sample (activations and their gradients over all levels)."""
+    return math.prod(patch) * base_channels * 4 * 24
+
+
 def auto_batch_size(device, patch, base_channels: int, cap: int = 64) -> int:
     """Batch that fits a third of the free accelerator memory; 8 where unknown.
 
-    Per sample, training keeps roughly 24 float32 maps of the base width at
-    full patch resolution alive (activations and their gradients over all
-    levels); the out-of-memory retry covers the estimate being off.
+    The out-of-memory retry covers the estimate being off.
     """
     free = free_memory(device)
     if free is None:
         return 8
-    per_sample = math.prod(patch) * base_channels * 4 * 24
-    return int(max(1, min(cap, free // 3 // per_sample)))
+    return int(max(1, min(cap, free // 3 // training_bytes_per_sample(patch, base_channels))))
 
 
 # -- data -----------------------------------------------------------------
@@ -265,10 +268,16 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
     patch = patch_shape_for(settings.patch_size, [t.shape for t in tgts], ndim, net.multiple)
     sampler = PatchSampler(imgs, tgts, patch, settings.augmentation(), settings.labelled_fraction, rng)
     counts = class_counts(tgts, segmenter.n_classes)
+    if segmenter.mode == "sparse":  # continuing may add classes painted since
+        seen = {int(k) + 1 for k in np.flatnonzero(counts)}
+        segmenter.classes = sorted(seen | set(segmenter.classes or ())) if segmenter.training else sorted(seen)
     weight = None
     if settings.class_weights == "balanced":
         weight = torch.from_numpy(balanced_weights(counts)).to(device)
     batch = int(settings.batch_size) or auto_batch_size(device, patch, segmenter.config["base_channels"])
+    check_fits_in_ram(device, batch * training_bytes_per_sample(patch, segmenter.config["base_channels"]),
+                      f"training with batch size {batch} and patches {'x'.join(map(str, patch))}",
+                      "choose a smaller batch or patch size")
 
     def loss_fn(model, batch):
         x, y = batch

@@ -40,8 +40,22 @@ MODES = ("sparse", "dense")
 BYTES_PER_VOXEL_PER_CHANNEL = 48  # measured peak of inference: 32-48 bytes per voxel and base channel
 
 
-def _softmax(y):
-    return torch.softmax(y, dim=1)
+def softmax_over(classes: list[int] | None, n_classes: int):
+    """Softmax over the channels of `classes` (1-based ids) only; the others get 0.
+
+    Strokes with ids 5 and 9 make a 9-channel network whose channels 1-4 and
+    6-8 never saw a labelled pixel: their logits are noise, and must not win.
+    """
+    if not classes or len(classes) == n_classes:
+        return lambda y: torch.softmax(y, dim=1)
+    absent = [k for k in range(n_classes) if k + 1 not in classes]
+
+    def activation(y):
+        y = y.clone()
+        y[:, absent] = -torch.inf
+        return torch.softmax(y, dim=1)
+
+    return activation
 
 
 class UNetSegmenter(PixelModel):
@@ -70,6 +84,7 @@ class UNetSegmenter(PixelModel):
         self.spacing = None
         self.training: dict = {}  # report of the last run and totals over all runs
         self.metrics: dict = {}
+        self.classes: list[int] | None = None  # class ids that had labelled pixels; None: all
 
     # -- shape of the model ----------------------------------------------
     @property
@@ -138,7 +153,8 @@ class UNetSegmenter(PixelModel):
             tile_shape, plan_halo = self.tile_plan(img_norm.shape[1:], device, halo)
             halo = plan_halo
         yield from iter_tiled(net, img_norm, out, halo=self.halo if halo is None else int(halo),
-                              multiple=self.net.multiple, device=device, activation=_softmax,
+                              multiple=self.net.multiple, device=device,
+                              activation=softmax_over(self.classes, self.n_classes),
                               tile_shape=tile_shape, bytes_per_voxel=self.bytes_per_voxel, report=report)
 
     def predict_normalised(self, img_norm, tile_shape=None, halo=None, device=None, net=None) -> np.ndarray:
@@ -199,6 +215,7 @@ class UNetSegmenter(PixelModel):
             "mode": self.mode,
             "preset": self.preset,
             "classes": list(range(1, self.n_classes + 1)),
+            "painted_classes": self.classes,
             "class_names": self.class_names,
             "n_channels": self.n_channels,
             "ndim": self.ndim,
@@ -243,6 +260,12 @@ class UNetSegmenter(PixelModel):
             self.spacing = None if spacing is None else list(check_spacing(spacing, net.ndim))
             self.training = field(meta, "training", dict, optional=True, default={})
             self.metrics = field(meta, "metrics", dict, optional=True, default={})
+            painted = meta.get("painted_classes")
+            if painted is not None:
+                painted = modelfile.number_list(meta, "painted_classes", int, lo=1, hi=n_classes)
+                if len(set(painted)) < 2:
+                    raise ValueError("painted_classes must name at least two classes")
+            self.classes = painted
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, UserInputError) as e:

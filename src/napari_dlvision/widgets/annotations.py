@@ -14,6 +14,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..core.errors import UserInputError
+from ..palette import annotation_colormap
 from .class_table import ClassTable, painted_counts
 from .layers import OUTPUT_TAG, spatial_shape
 
@@ -121,6 +122,7 @@ class AnnotationInputs(QWidget):
         layer = self.viewer.add_labels(
             np.zeros(shape, np.uint8), name=f"{image.name} annotations",
             scale=image.scale[-len(shape):], translate=image.translate[-len(shape):], opacity=1.0,
+            colormap=annotation_colormap(),
         )
         layer.brush_size = BRUSH_SIZE
         layer.selected_label = 1

@@ -85,7 +85,7 @@ class ClassTable(QWidget):
         self.table.setRowCount(len(names))
         for r, name in enumerate(names):
             swatch = QTableWidgetItem("")
-            swatch.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
+            swatch.setFlags(Qt.ItemFlag.ItemIsEnabled)  # not selectable: the highlight would hide the colour
             self.table.setItem(r, 0, swatch)
             self.table.setItem(r, NAME, QTableWidgetItem(name))
             count = QTableWidgetItem(counts[r] if r < len(counts) else "0")

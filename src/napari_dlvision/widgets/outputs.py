@@ -17,7 +17,7 @@ from ..core.probabilities import segmentation, uncertainty
 from .layers import class_colormap, show_output
 
 REFRESH_S = 0.15  # redraw output layers at most this often while predicting
-SEG_OPACITY = 0.45  # strokes (opacity 1) stay visible over a segmentation of their colour
+SEG_OPACITY = 0.4  # strokes (opacity 1) stay visible over a segmentation of their colour
 
 
 def background_classes(names) -> set[int]:

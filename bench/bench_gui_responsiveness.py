@@ -1,0 +1,125 @@
+"""Does the viewer stay responsive while the forest and then the U-Net train in it?
+
+A heartbeat timer ticks every 10 ms on the Qt event loop; the longest gap
+between ticks is the longest the viewer was frozen. The run follows a user:
+the 2D sample opened, the forest widget docked, Train and predict; then the
+U-Net widget docked in the same window and trained with previews. It also
+times U-Net steps in the GUI against the same training headless.
+Goals (issue "paint-train-see loop"): no stall of 250 ms or more; U-Net
+steps in the GUI no slower than 1.3x headless.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python bench/bench_gui_responsiveness.py [--steps 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+class Heartbeat:
+    def __init__(self, app, every_ms=10):
+        from qtpy.QtCore import QTimer
+
+        self.last, self.worst, self.where = None, 0.0, ""
+        self.phase = ""
+        self.timer = QTimer()
+        self.timer.timeout.connect(self.tick)
+        self.timer.start(every_ms)
+
+    def tick(self):
+        now = time.perf_counter()
+        if self.last is not None and now - self.last > self.worst:
+            self.worst, self.where = now - self.last, self.phase
+        self.last = now
+
+    def reset(self, phase):
+        self.phase, self.worst, self.last = phase, 0.0, None
+
+
+def wait(app, cond, timeout=600):
+    t0 = time.perf_counter()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.002)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError
+
+
+def headless_steps_per_second(image, labels, steps):
+    from napari_dlvision.dl.pixel_train import TrainSettings, train_unet
+    from napari_dlvision.dl.segmenter import UNetSegmenter
+
+    seg = UNetSegmenter()
+    events = list(train_unet(seg, image, labels, TrainSettings(steps=steps, preview_every=50, seed=0)))
+    return steps / events[-1].payload["report"]["seconds"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=200)
+    args = ap.parse_args()
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer()
+    app = QApplication.instance()
+    beat = Heartbeat(app)
+    results = {}
+
+    beat.reset("open sample + dock forest")
+    viewer.open_sample("napari-dlvision", "nuclei-2d")
+    _, forest = viewer.window.add_plugin_dock_widget("napari-dlvision", "Pixel classifier (random forest)")
+    wait(app, lambda: True)
+    for _ in range(50):
+        app.processEvents()
+        time.sleep(0.01)
+    results["dock_forest_stall_s"] = beat.worst
+
+    beat.reset("forest train and predict")
+    forest.train()
+    wait(app, lambda: not forest.runner.busy)
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+    results["forest_stall_s"] = beat.worst
+
+    beat.reset("dock U-Net")
+    _, unet = viewer.window.add_plugin_dock_widget("napari-dlvision", "Deep pixel classifier (U-Net)")
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.01)
+    results["dock_unet_stall_s"] = beat.worst
+
+    beat.reset("U-Net training with previews")
+    unet.settings_form.set_value("steps", args.steps)
+    unet.settings_form.set_value("preview_every", 50)
+    t0 = time.perf_counter()
+    unet.train()
+    first_step = {}
+
+    def trained():
+        if "t" not in first_step and unet.plot.steps:
+            first_step["t"] = time.perf_counter()
+        return unet.model is not None and not unet.runner.busy
+
+    wait(app, trained, timeout=3600)
+    results["unet_stall_s"] = beat.worst
+    report = unet.model.training
+    results["unet_gui_steps_per_s"] = report["steps"] / report["seconds"]
+    results["unet_first_click_to_first_step_s"] = first_step.get("t", t0) - t0
+
+    image = viewer.layers["nuclei"].data
+    labels = viewer.layers["nuclei annotations"].data
+    viewer.close()
+    results["unet_headless_steps_per_s"] = headless_steps_per_second(image, labels, args.steps)
+    results["gui_slowdown"] = results["unet_headless_steps_per_s"] / results["unet_gui_steps_per_s"]
+    results["worst_stall_s"] = max(v for k, v in results.items() if k.endswith("stall_s"))
+    print(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=1))
+    print(f"worst stall {results['worst_stall_s']:.3f} s (goal < 0.25 s); "
+          f"GUI/headless step time {results['gui_slowdown']:.2f}x (goal <= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()
