@@ -41,7 +41,16 @@ class TrainSettings:
     lr: float = 3e-3
     weight_decay: float = 0.0
     warmup: int = 0
-    ema: float | None = None  # weight averaging for previews and the kept model
+    # Previews and the kept model use an average of the weights: single
+    # weights swing between good and bad on unlabelled pixels from step to step.
+    ema: float | None = 0.99
+    # Sparse mode: a random forest fitted on the same strokes labels the
+    # unlabelled pixels it is sure of (max probability above the threshold);
+    # the U-Net learns those as soft targets next to the strokes. Without it a
+    # U-Net from few strokes drifts on everything it was not shown.
+    teacher: str | None = "forest"  # "forest" or None
+    teacher_threshold: float = 0.8
+    teacher_weight: float = 1.0
     flips: bool = True
     rot90: bool = True
     intensity: bool = True
@@ -57,6 +66,12 @@ class TrainSettings:
     def check(self):
         if self.class_weights not in (None, "balanced"):
             raise UserInputError(f"class_weights must be 'balanced' or None, got {self.class_weights!r}")
+        if self.teacher not in (None, "forest"):
+            raise UserInputError(f"teacher must be 'forest' or None, got {self.teacher!r}")
+        for name in ("teacher_threshold", "teacher_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= (1 if "threshold" in name else 10):
+                raise UserInputError(f"{name.replace('_', ' ')} must be a number in range, got {v!r}")
         if not (isinstance(self.labelled_fraction, (int, float)) and 0 <= self.labelled_fraction <= 1):
             raise UserInputError("labelled_fraction must be between 0 and 1")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 0 <= self.batch_size <= 4096:
@@ -163,17 +178,20 @@ def patch_shape_for(setting, shapes, ndim: int, multiple: int) -> tuple[int, ...
 class PatchSampler:
     """Random augmented (image, target) patches; smaller images are padded (target IGNORE)."""
 
-    def __init__(self, images, targets, patch, augmentation: Augmentation, labelled_fraction: float, rng):
+    def __init__(self, images, targets, patch, augmentation: Augmentation, labelled_fraction: float, rng,
+                 teachers=None):
         self.patch, self.augment, self.rng = tuple(patch), augmentation, rng
         self.labelled_fraction = labelled_fraction
-        self.images, self.targets = [], []
-        for img, tgt in zip(images, targets):
+        self.images, self.targets, self.teachers = [], [], None if teachers is None else []
+        for k, (img, tgt) in enumerate(zip(images, targets)):
             pad = [(0, max(0, p - n)) for p, n in zip(patch, tgt.shape)]
             if any(hi for _, hi in pad):
                 img = np.pad(img, [(0, 0)] + pad, mode="symmetric")
                 tgt = np.pad(tgt, pad, constant_values=IGNORE)
             self.images.append(img)
             self.targets.append(tgt)
+            if teachers is not None:  # padding gets probability 0: never a teacher pixel
+                self.teachers.append(np.pad(teachers[k], [(0, 0)] + pad) if any(hi for _, hi in pad) else teachers[k])
         self.labelled = [np.flatnonzero(t.reshape(-1) != IGNORE) for t in self.targets]
         n_lab = np.array([len(i) for i in self.labelled], float)
         self.p_labelled = n_lab / n_lab.sum()
@@ -194,15 +212,50 @@ class PatchSampler:
     def sample(self, n: int):
         ndim = len(self.patch)
         n_centred = math.ceil(n * self.labelled_fraction)
-        xs, ys = [], []
+        xs, ys, qs = [], [], []
         for k in range(n):
             centred = k < n_centred
             i = int(self.rng.choice(len(self.images), p=self.p_labelled if centred else self.p_any))
             box = tuple(slice(a, a + p) for a, p in zip(self._origin(i, centred), self.patch))
-            x, (y,) = self.augment(self.images[i][(slice(None),) + box], [self.targets[i][box]], ndim, self.rng)
+            targets = [self.targets[i][box]]
+            if self.teachers is not None:
+                targets.append(self.teachers[i][(slice(None),) + box])
+            x, out = self.augment(self.images[i][(slice(None),) + box], targets, ndim, self.rng)
             xs.append(x)
-            ys.append(y)
-        return np.stack(xs), np.stack(ys).astype(np.int64)
+            ys.append(out[0])
+            qs.append(out[-1])
+        if self.teachers is None:
+            return np.stack(xs), np.stack(ys).astype(np.int64)
+        return np.stack(xs), np.stack(ys).astype(np.int64), np.stack(qs)
+
+
+def forest_teacher(images, labels, n_classes: int, channel_axis=None, spacing=None) -> list[np.ndarray]:
+    """Per image, the probabilities (n_classes, *spatial) of a random forest
+    fitted on the strokes, as uint8 (0..255) to keep big volumes small."""
+    from ..core.pixel_classifier import PixelClassifier
+
+    images, labels = _as_list(images, labels)
+    forest = PixelClassifier().fit(images, labels, channel_axis=channel_axis, spacing=spacing)
+    out = []
+    for image in images:
+        prob = forest.predict_proba(image, channel_axis=channel_axis, spacing=spacing)
+        q = np.zeros((n_classes,) + prob.shape[1:], np.uint8)  # classes the forest never saw: 0
+        k = min(n_classes, prob.shape[0])
+        np.multiply(prob[:k], 255, out=prob[:k])
+        q[:k] = np.rint(prob[:k])
+        out.append(q)
+    return out
+
+
+def teacher_loss(logits, targets, q, threshold: float):
+    """Cross-entropy towards the teacher's probabilities on the unlabelled
+    pixels where the teacher is sure; zero when there are none."""
+    q = q.float() / 255
+    use = (q.amax(1) > threshold) & (targets == IGNORE)
+    if not bool(use.any()):
+        return logits.sum() * 0
+    ce = -(q * F.log_softmax(logits, 1)).sum(1)
+    return ce[use].mean()
 
 
 # -- validation -----------------------------------------------------------
@@ -266,7 +319,10 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
         segmenter.spacing = list(check_spacing(spacing, ndim))
     net = segmenter.net
     patch = patch_shape_for(settings.patch_size, [t.shape for t in tgts], ndim, net.multiple)
-    sampler = PatchSampler(imgs, tgts, patch, settings.augmentation(), settings.labelled_fraction, rng)
+    teachers = None
+    if settings.teacher == "forest" and segmenter.mode == "sparse":
+        teachers = forest_teacher(images, targets, segmenter.n_classes, channel_axis, segmenter.spacing)
+    sampler = PatchSampler(imgs, tgts, patch, settings.augmentation(), settings.labelled_fraction, rng, teachers)
     counts = class_counts(tgts, segmenter.n_classes)
     if segmenter.mode == "sparse":  # continuing may add classes painted since
         seen = {int(k) + 1 for k in np.flatnonzero(counts)}
@@ -280,8 +336,12 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
                       "choose a smaller batch or patch size")
 
     def loss_fn(model, batch):
-        x, y = batch
-        return F.cross_entropy(model(x).float(), y, weight=weight, ignore_index=IGNORE)
+        x, y = batch[:2]
+        logits = model(x).float()
+        loss = F.cross_entropy(logits, y, weight=weight, ignore_index=IGNORE)
+        if len(batch) == 3:
+            loss = loss + settings.teacher_weight * teacher_loss(logits, y, batch[2], settings.teacher_threshold)
+        return loss
 
     def validate(model):
         return {"validation IoU": validation_score(segmenter, model, val, device)}
@@ -304,6 +364,7 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
 
     start = (f"training a {ndim}D U-Net ({segmenter.mode} mode, {segmenter.n_classes} classes): "
              f"patches {'x'.join(map(str, patch))}, batch {batch}, "
-             f"{int(counts.sum())} labelled pixels in {int((counts > 0).sum())} classes")
+             f"{int(counts.sum())} labelled pixels in {int((counts > 0).sum())} classes"
+             + (", a forest's confident pixels as extra targets" if teachers is not None else ""))
     yield from fit(net, sampler.sample, loss_fn, settings.fit_settings(batch),
                    validate=validate if val else None, preview=preview, start_message=start, on_end=on_end)
