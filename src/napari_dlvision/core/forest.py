@@ -96,8 +96,10 @@ class TreeEnsemble:
         """X (N, F) -> probabilities (N, K) float32."""
         # Values beyond float32 become +-inf, which lie beyond every threshold
         # just as the clipped training values did (see _training_features).
+        # Any memory layout: trees read X[i, f] through strides, so a
+        # feature-major (F, N) array passed as its transpose needs no copy.
         with np.errstate(over="ignore"):
-            X = np.ascontiguousarray(X, dtype=np.float32)
+            X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise UserInputError(
                 f"the classifier expects {self.n_features} features per pixel, got {X.shape[-1]}"

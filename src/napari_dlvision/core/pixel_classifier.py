@@ -6,6 +6,7 @@ channel k belongs to class k + 1, and the segmentation holds class ids.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from .images import as_channels_first, check_spacing
 from .instances import instances_from_segmentation
 from .labels import as_label_array, check_classes, class_names_for
 from .pixel_model import PixelModel
-from .probabilities import segmentation
-from .tiling import CACHE_BYTES, FeatureTiles
+from .probabilities import segmentation, uncertainty
+from .tiling import CACHE_BYTES, FeatureTiles, volume
 
 KIND = "pixel-random-forest"
 
@@ -93,8 +94,8 @@ class PixelClassifier(PixelModel):
     # -- prediction -------------------------------------------------------
     def feature_tiles(self, image, channel_axis=None, spacing=None, cache_bytes=0,
                       tile_shape=None, training=False) -> FeatureTiles:
-        """Validated image wrapped for tiled feature computation."""
-        img = as_channels_first(image, channel_axis)
+        """Validated image wrapped for tiled feature computation (converted tile by tile)."""
+        img = as_channels_first(image, channel_axis, float32=False)
         if not training:
             self._check_compatible(img)
             if spacing is None:
@@ -120,22 +121,42 @@ class PixelClassifier(PixelModel):
                 f"this image has {n_ch} channel(s)"
             )
 
-    def iter_predict(self, tiles: FeatureTiles, out: np.ndarray, focus=None):
-        """Fill `out` (K, *spatial) with probabilities, block by block.
+    def iter_bands(self, tiles: FeatureTiles, focus=None):
+        """Yield (bands done, bands total, band slices, probabilities (K, *band)).
 
-        Yields (blocks done, blocks total, block slices) after each block,
-        visible region (`focus`) first; stop iterating to cancel.
+        Bands are whole rows (planes in 3D) of a tile, the `focus` box first;
+        stop iterating to cancel.
         """
         self._check_compatible(tiles.image)
-        pairs = tiles.blocks(focus)
+        pairs = tiles.bands(focus)
         n_feat = tiles.n_features
-        for n, (i, block) in enumerate(pairs, 1):
+        for n, (i, band) in enumerate(pairs, 1):
+            feats, inner = tiles.outer_features(i)
             core = tiles.tiles[i]
-            rel = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(block, core))
-            feats = tiles.features(i)[rel]
-            p = self.ensemble.predict_proba(feats.reshape(-1, n_feat))
-            out[(slice(None),) + block] = p.T.reshape(out.shape[:1] + feats.shape[:-1])
-            yield n, len(pairs), block
+            # The band in the outer box: its rows, and either just its columns
+            # (a copy) or all columns of the box, halo included (a view, when
+            # the halo adds little forest work; cropped afterwards).
+            rows = slice(band[0].start - core[0].start + inner[0].start,
+                         band[0].stop - core[0].start + inner[0].start)
+            whole = math.prod(feats.shape[2:]) <= 1.1 * volume(inner[1:])
+            sel = (slice(None), rows) + ((slice(None),) * (self.ndim - 1) if whole else inner[1:])
+            x = feats[sel]
+            shape = x.shape[1:]
+            x = x.reshape(n_feat, -1) if whole else np.ascontiguousarray(x).reshape(n_feat, -1)
+            p = self.ensemble.predict_proba(x.T).T.reshape((self.n_classes,) + shape)
+            if whole:
+                p = p[(slice(None), slice(None)) + inner[1:]]
+            yield n, len(pairs), band, p
+
+    def iter_predict(self, tiles: FeatureTiles, out: np.ndarray, focus=None):
+        """Fill `out` (K, *spatial) with probabilities, band by band.
+
+        Yields (bands done, bands total, band slices) after each band,
+        visible region (`focus`) first; stop iterating to cancel.
+        """
+        for n, total, band, p in self.iter_bands(tiles, focus):
+            out[(slice(None),) + band] = p
+            yield n, total, band
 
     def iter_predict_proba(self, image, channel_axis=None, spacing=None, focus=None, tiles=None):
         """Prediction as Progress events, for workers: each "predicting" event's
@@ -147,6 +168,37 @@ class PixelClassifier(PixelModel):
         prob = np.empty((self.n_classes,) + tiles.shape, np.float32)
         for done, total, block in self.iter_predict(tiles, prob, focus):
             yield Progress("predicting", done, total, payload={"block": block, "probabilities": prob})
+
+    def predict_outputs(self, image, channel_axis=None, spacing=None, wanted=("segmentation",),
+                        foreground=None) -> dict:
+        """The outputs in `wanted`, computed band by band (see core.pixel_model).
+
+        Only what is asked for is ever held whole: for a segmentation, the
+        image, one tile's features and the class ids, so memory stays flat
+        (an 8192 x 8192 image predicts in well under 1 GB).
+        """
+        unknown = set(wanted) - set(self.OUTPUTS)
+        if unknown:
+            raise UserInputError(f"a pixel classifier cannot output {', '.join(sorted(unknown))}")
+        tiles = self.feature_tiles(image, channel_axis, spacing)
+        k, shape = self.n_classes, tiles.shape
+        seg = np.empty(shape, np.uint8 if k < 255 else np.uint16)
+        prob = np.empty((k,) + shape, np.float32) if "probabilities" in wanted else None
+        unc = np.empty(shape, np.float32) if "uncertainty" in wanted else None
+        for _, _, band, p in self.iter_bands(tiles):
+            seg[band] = segmentation(p)
+            if prob is not None:
+                prob[(slice(None),) + band] = p
+            if unc is not None:
+                unc[band] = uncertainty(p)
+        out = {"segmentation": seg}
+        if prob is not None:
+            out["probabilities"] = prob
+        if unc is not None:
+            out["uncertainty"] = unc
+        if "instances" in wanted:
+            out["instances"] = self.instances_from_segmentation(seg, spacing=tiles.spacing, foreground=foreground)
+        return out
 
     def predict_proba(self, image, channel_axis=None, spacing=None, tile_shape=None, out=None):
         """Probabilities (K, *spatial) float32, computed in tiles."""
@@ -189,11 +241,14 @@ class PixelClassifier(PixelModel):
 
     def instances(self, prob: np.ndarray, spacing=None, foreground: int | None = None) -> np.ndarray:
         """Objects of the foreground class (default: the last), touching ones split."""
+        return self.instances_from_segmentation(segmentation(prob), spacing, foreground)
+
+    def instances_from_segmentation(self, seg: np.ndarray, spacing=None, foreground: int | None = None):
         fg = self.n_classes if foreground is None else int(foreground)
         if not 1 <= fg <= self.n_classes:
             raise UserInputError(f"foreground class must be between 1 and {self.n_classes}, got {fg}")
         spacing = self.spacing if spacing is None else spacing
-        return instances_from_segmentation(segmentation(prob), fg, spacing=spacing)
+        return instances_from_segmentation(seg, fg, spacing=spacing)
 
     # -- model file -------------------------------------------------------
     def metadata(self) -> dict:
