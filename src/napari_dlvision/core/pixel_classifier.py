@@ -18,7 +18,6 @@ from .events import Progress
 from .features import FeatureSpec
 from .forest import MAX_FEATURES, MAX_TREES, TreeEnsemble, fit_forest
 from .images import as_channels_first, check_spacing
-from .instances import instances_from_segmentation
 from .labels import as_label_array, check_classes, class_names_for
 from .pixel_model import PixelModel
 from .probabilities import segmentation, uncertainty
@@ -170,7 +169,7 @@ class PixelClassifier(PixelModel):
             yield Progress("predicting", done, total, payload={"block": block, "probabilities": prob})
 
     def predict_outputs(self, image, channel_axis=None, spacing=None, wanted=("segmentation",),
-                        foreground=None) -> dict:
+                        foreground=None, tile_shape=None) -> dict:
         """The outputs in `wanted`, computed band by band (see core.pixel_model).
 
         Only what is asked for is ever held whole: for a segmentation, the
@@ -180,7 +179,7 @@ class PixelClassifier(PixelModel):
         unknown = set(wanted) - set(self.OUTPUTS)
         if unknown:
             raise UserInputError(f"a pixel classifier cannot output {', '.join(sorted(unknown))}")
-        tiles = self.feature_tiles(image, channel_axis, spacing)
+        tiles = self.feature_tiles(image, channel_axis, spacing, tile_shape=tile_shape)
         k, shape = self.n_classes, tiles.shape
         seg = np.empty(shape, np.uint8 if k < 255 else np.uint16)
         prob = np.empty((k,) + shape, np.float32) if "probabilities" in wanted else None
@@ -247,6 +246,8 @@ class PixelClassifier(PixelModel):
         fg = self.n_classes if foreground is None else int(foreground)
         if not 1 <= fg <= self.n_classes:
             raise UserInputError(f"foreground class must be between 1 and {self.n_classes}, got {fg}")
+        from .instances import instances_from_segmentation  # scipy and scikit-image: only when asked
+
         spacing = self.spacing if spacing is None else spacing
         return instances_from_segmentation(seg, fg, spacing=spacing)
 

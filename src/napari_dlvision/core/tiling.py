@@ -107,6 +107,7 @@ class FeatureTiles:
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._buffer = None  # reused feature memory when nothing is cached
+        self._in_buffer = None  # (tile index, features, inner) held in it
 
     def box_features(self, box, reuse: bool = False):
         """(features (F, *outer), inner slices) of a box of the image, exact."""
@@ -130,8 +131,14 @@ class FeatureTiles:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index], grow(self.tiles[index], self.halo, self.shape)[1]
-        feats, inner = self.box_features(self.tiles[index], reuse=self.cache_bytes <= 0)
-        if self.cache_bytes > 0:
+        if self._in_buffer is not None and self._in_buffer[0] == index:
+            return self._in_buffer[1:]
+        reuse = self.cache_bytes <= 0
+        self._in_buffer = None
+        feats, inner = self.box_features(self.tiles[index], reuse=reuse)
+        if reuse:  # kept while prediction walks the tile's bands
+            self._in_buffer = (index, feats, inner)
+        else:
             self._cache[index] = feats
             # Always keep the latest tile: prediction walks its bands one by one.
             while len(self._cache) > 1 and sum(a.nbytes for a in self._cache.values()) > self.cache_bytes:
@@ -165,13 +172,16 @@ class FeatureTiles:
             parts = [(box, None) for box in label_boxes(labels, TRAINING_CELL.get(self.ndim, 64))]
         for n, (box, index) in enumerate(parts, 1):
             if index is None:
+                self._in_buffer = None
                 feats, inner = self.box_features(box, reuse=True)
             else:
                 feats, inner = self.outer_features(index)
             lab = labels[box]
-            mask = lab > 0
-            X = feats[(slice(None),) + inner][:, mask].T
-            yield n, len(parts), np.ascontiguousarray(X), lab[mask].astype(np.int64)
+            where = np.nonzero(lab > 0)
+            # Index only the labelled pixels: a boolean mask would read every
+            # feature of the whole tile.
+            X = feats[(slice(None),) + tuple(w + s.start for w, s in zip(where, inner))].T
+            yield n, len(parts), np.ascontiguousarray(X), lab[where].astype(np.int64)
 
     def training_data(self, labels: np.ndarray):
         """(X, y) of every labelled pixel; y holds label ids 1..K."""
