@@ -101,3 +101,16 @@ def test_image_kept_in_its_type_is_still_checked():
         as_channels_first(bad, -1, float32=False)
     with pytest.raises(UserInputError, match="too large"):
         as_channels_first(np.full((300, 20), 1e300), None, float32=False)
+
+
+def test_prediction_computes_only_the_features_the_trees_use(sample2d):
+    clf = PixelClassifier(n_trees=10).fit(sample2d.image, sample2d.scribbles)
+    spec, pruned = clf.used_features()
+    assert 0 < len(spec.features) < len(clf.spec.features)
+    assert pruned.n_features == spec.n_features(1, 2) < clf.ensemble.n_features
+    tiles = clf.feature_tiles(sample2d.image, training=True)  # every feature
+    assert tiles.spec == clf.spec
+    full = np.empty((2,) + tiles.shape, np.float32)
+    for _ in clf.iter_predict(tiles, full):
+        pass
+    np.testing.assert_array_equal(clf.predict_proba(sample2d.image), full)

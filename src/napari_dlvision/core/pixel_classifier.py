@@ -16,7 +16,7 @@ from . import modelfile
 from .errors import ModelFileError, UserInputError
 from .events import Progress
 from .features import FeatureSpec
-from .forest import MAX_FEATURES, MAX_TREES, TreeEnsemble, fit_forest
+from .forest import MAX_FEATURES, MAX_TREES, TREE_LEAF, TreeEnsemble, fit_forest
 from .images import as_channels_first, check_spacing
 from .labels import as_label_array, check_classes, class_names_for
 from .pixel_model import PixelModel
@@ -35,6 +35,7 @@ class PixelClassifier(PixelModel):
         self.n_trees, self.max_depth = int(n_trees), max_depth
         self.class_names = list(class_names or [])
         self.ensemble: TreeEnsemble | None = None
+        self._used = None  # (ensemble, spec of the features it splits on, forest reading those)
         self.n_channels = self.ndim = None
         self.spacing = None
         self.training: dict = {}
@@ -95,11 +96,37 @@ class PixelClassifier(PixelModel):
                       tile_shape=None, training=False) -> FeatureTiles:
         """Validated image wrapped for tiled feature computation (converted tile by tile)."""
         img = as_channels_first(image, channel_axis, float32=False)
+        spec = self.spec
         if not training:
             self._check_compatible(img)
             if spacing is None:
                 spacing = self.spacing
-        return FeatureTiles(img, self.spec, spacing, tile_shape=tile_shape, cache_bytes=cache_bytes)
+            spec = self.used_features()[0]
+        return FeatureTiles(img, spec, spacing, tile_shape=tile_shape, cache_bytes=cache_bytes)
+
+    def used_features(self) -> tuple[FeatureSpec, TreeEnsemble]:
+        """(the features the trees split on, the forest reading only those).
+
+        From a few strokes the trees use about half of the bank; prediction
+        computes only those (same values: each scale's filters do not depend
+        on which other features are asked for).
+        """
+        if self._used is not None and self._used[0] is self.ensemble:
+            return self._used[1:]
+        arrays = self.ensemble.arrays
+        split = arrays["left_child"] != TREE_LEAF
+        entries = _feature_entries(self.spec, self.n_channels, self.ndim)
+        used = {entries[i][1] for i in np.unique(arrays["feature"][split])}
+        spec, ensemble = self.spec, self.ensemble
+        if used and len(used) < len(self.spec.features):
+            spec = FeatureSpec(tuple(used))
+            position = {e: i for i, e in enumerate(_feature_entries(spec, self.n_channels, self.ndim))}
+            remap = np.array([position.get(e, -1) for e in entries], np.int64)
+            pruned = dict(arrays, feature=np.where(split, remap[np.maximum(arrays["feature"], 0)],
+                                                   arrays["feature"]))
+            ensemble = TreeEnsemble(pruned, spec.n_features(self.n_channels, self.ndim), self.n_classes)
+        self._used = (self.ensemble, spec, ensemble)
+        return spec, ensemble
 
     def _check_compatible(self, img_cf):
         self.check_shape(img_cf.shape, channel_axis=0)
@@ -127,6 +154,11 @@ class PixelClassifier(PixelModel):
         stop iterating to cancel.
         """
         self._check_compatible(tiles.image)
+        spec, ensemble = self.used_features()
+        if tiles.spec != spec:
+            ensemble = self.ensemble
+            if tiles.spec != self.spec:
+                raise ValueError("these tiles hold features of another feature set")
         pairs = tiles.bands(focus)
         n_feat = tiles.n_features
         for n, (i, band) in enumerate(pairs, 1):
@@ -142,7 +174,7 @@ class PixelClassifier(PixelModel):
             x = feats[sel]
             shape = x.shape[1:]
             x = x.reshape(n_feat, -1) if whole else np.ascontiguousarray(x).reshape(n_feat, -1)
-            p = self.ensemble.predict_proba(x.T).T.reshape((self.n_classes,) + shape)
+            p = ensemble.predict_proba(x.T).T.reshape((self.n_classes,) + shape)
             if whole:
                 p = p[(slice(None), slice(None)) + inner[1:]]
             yield n, len(pairs), band, p
@@ -224,7 +256,7 @@ class PixelClassifier(PixelModel):
             self._check_compatible(np.empty((arr.shape[0],) + (2,) * (arr.ndim - 1), np.float32))
         if spacing is None:
             spacing = self.spacing
-        halo = self.spec.halo(spacing, self.ndim)
+        halo = self.used_features()[0].halo(spacing, self.ndim)
         depth = {0: 0, **{i + 1: h for i, h in enumerate(halo)}}
         grown = da.overlap.overlap(arr, depth=depth, boundary="none")
         k = self.n_classes
@@ -300,3 +332,8 @@ class PixelClassifier(PixelModel):
         except (KeyError, TypeError, ValueError, IndexError, UserInputError) as e:
             raise ModelFileError(f"{path} is a damaged pixel classifier ({e})") from None
         return self
+
+
+def _feature_entries(spec: FeatureSpec, n_channels: int, ndim: int) -> list[tuple]:
+    """(channel, feature, output) of each column of the feature stack, in order."""
+    return [(c, f, o) for c in range(n_channels) for f in spec.features for o in range(f.n_outputs(ndim))]
