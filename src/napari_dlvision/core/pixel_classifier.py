@@ -21,7 +21,9 @@ from .images import as_channels_first, check_spacing
 from .labels import as_label_array, check_classes, class_names_for
 from .pixel_model import PixelModel
 from .probabilities import segmentation, uncertainty
-from .tiling import CACHE_BYTES, FeatureTiles, volume
+from .tiling import CACHE_BYTES, FeatureTiles, tile_shape_for, volume
+
+DASK_TILE_BYTES = 64 << 20  # feature memory per dask chunk being predicted
 
 KIND = "pixel-random-forest"
 
@@ -256,14 +258,19 @@ class PixelClassifier(PixelModel):
             self._check_compatible(np.empty((arr.shape[0],) + (2,) * (arr.ndim - 1), np.float32))
         if spacing is None:
             spacing = self.spacing
-        halo = self.used_features()[0].halo(spacing, self.ndim)
+        spec = self.used_features()[0]
+        halo = spec.halo(spacing, self.ndim)
+        n_features = spec.n_features(self.n_channels, self.ndim)
         depth = {0: 0, **{i + 1: h for i, h in enumerate(halo)}}
         grown = da.overlap.overlap(arr, depth=depth, boundary="none")
         k = self.n_classes
-        prob = grown.map_blocks(
-            lambda block: self.predict_proba(block, channel_axis=0, spacing=spacing),
-            chunks=((k,),) + grown.chunks[1:], dtype=np.float32,
-        )
+
+        def block_proba(block):
+            # Several chunks run at once: smaller feature tiles keep memory flat.
+            tile = tile_shape_for(block.shape[1:], n_features, halo, DASK_TILE_BYTES)
+            return self.predict_proba(block, channel_axis=0, spacing=spacing, tile_shape=tile)
+
+        prob = grown.map_blocks(block_proba, chunks=((k,),) + grown.chunks[1:], dtype=np.float32)
         return da.overlap.trim_internal(prob, depth, boundary="none")
 
     def predict(self, image, channel_axis=None, spacing=None) -> np.ndarray:

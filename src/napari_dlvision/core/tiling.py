@@ -25,7 +25,7 @@ import numpy as np
 from .errors import UserInputError
 from .features import FeatureSpec, compute_features_cf
 
-FEATURE_TILE_BYTES = 256 << 20  # feature memory of one tile, halo included; larger is not faster
+FEATURE_TILE_BYTES = 128 << 20  # feature memory of one tile, halo included: flat memory; larger is not faster
 CACHE_BYTES = 3 << 30  # default budget of cached tile features
 BLOCK_PIXELS = 1 << 17  # pixels per prediction band
 # Training without a cache: painted pixels are gathered per cell of this grid,
