@@ -299,11 +299,19 @@ tifffile.imwrite(sys.argv[3], seg, compression="zlib")
 """
 
 
-def run_process(args):
-    """(wall seconds, peak RSS MiB) of one command; raises if it fails."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+BASELINE_SRC = None  # --baseline-src: another version's src/ folder, run side by side
+
+
+def run_process(args, src=None, stdout=subprocess.DEVNULL):
+    """(wall seconds, peak RSS MiB) of one command; raises if it fails.
+
+    `src` is the folder holding the napari_dlvision package to run (this
+    checkout's by default; --baseline-src gives another version's).
+    """
+    src = src or REPO / "src"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]))
     t0 = time.perf_counter()
-    p = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -323,13 +331,19 @@ def process_part(size, repeats):
         tifffile.imwrite(img, ds["image"])
         tifffile.imwrite(strokes, ds["scribbles"])
         cli = [py, "-m", "napari_dlvision.cli"]
-        runs = {"ours train": [], "ours predict": [], "skimage": []}
-        for _ in range(repeats):  # interleaved, so load changes hit both alike
+        runs = {"ours train": [], "ours predict": [], "skimage": [], "baseline": []}
+        for _ in range(repeats):  # interleaved, so load changes hit all alike
             runs["ours train"].append(run_process(cli + ["train", "rf", "--image", str(img), "--labels", str(strokes),
                                                          "--out", str(tmp / "m.dlv")]))
             runs["ours predict"].append(run_process(cli + ["predict", "--model", str(tmp / "m.dlv"), "--image",
                                                            str(img), "--out", str(tmp / "ours.tif")]))
             runs["skimage"].append(run_process([py, "-c", SKIMAGE_SCRIPT, str(img), str(strokes), str(tmp / "sk.tif")]))
+            if BASELINE_SRC:
+                a = run_process(cli + ["train", "rf", "--image", str(img), "--labels", str(strokes),
+                                       "--out", str(tmp / "b.dlv")], BASELINE_SRC)
+                b = run_process(cli + ["predict", "--model", str(tmp / "b.dlv"), "--image", str(img),
+                                       "--out", str(tmp / "base.tif")], BASELINE_SRC)
+                runs["baseline"].append((a[0] + b[0], max(a[1], b[1])))
         ours_seg, sk_seg = tifffile.imread(tmp / "ours.tif"), tifffile.imread(tmp / "sk.tif")
     ours_total = [a[0] + b[0] for a, b in zip(runs["ours train"], runs["ours predict"])]
     sk_total = [s[0] for s in runs["skimage"]]
@@ -344,12 +358,20 @@ def process_part(size, repeats):
         "ours": score(ours_seg, ds), "skimage": score(sk_seg, ds),
         "all": {k: [r[0] for r in v] for k, v in runs.items()},
     }
+    if runs["baseline"]:
+        base = [r[0] for r in runs["baseline"]]
+        res.update(baseline_s=float(np.median(base)), baseline_rss_mib=max(r[1] for r in runs["baseline"]),
+                   speedup_vs_baseline=float(np.median(np.array(base) / np.array(ours_total))),
+                   baseline_ratio=float(np.median(np.array(sk_total) / np.array(base))))
     print(f"\nProcesses at {size}x{size} (median of {repeats}, interleaved): ours train {res['ours_train_s']:.2f} s"
           f" + predict {res['ours_predict_s']:.2f} s = {res['ours_s']:.2f} s, peak {res['ours_rss_mib']:.0f} MiB;"
           f" scikit-image {res['skimage_s']:.2f} s, peak {res['skimage_rss_mib']:.0f} MiB;"
           f" ratio sk/ours {res['ratio']:.2f}x (median of per-run ratios)")
     print(f"  accuracy of the written files: ours IoU {res['ours']['iou']:.3f} F1 {res['ours']['f1']:.3f};"
           f" scikit-image IoU {res['skimage']['iou']:.3f} F1 {res['skimage']['f1']:.3f}")
+    if "baseline_s" in res:
+        print(f"  baseline ({BASELINE_SRC}): train + predict {res['baseline_s']:.2f} s, peak {res['baseline_rss_mib']:.0f} MiB;"
+              f" ours {res['speedup_vs_baseline']:.2f}x faster; sk/baseline {res['baseline_ratio']:.2f}x")
     return res
 
 
@@ -399,6 +421,24 @@ def live_update(size, visible, repeats):
           f" stroke -> visible region {med['visible']:.3f} s, whole image {med['total']:.3f} s"
           f" (gather {med['gather']:.3f}, fit {med['fit']:.3f}); first run with features {cold['total']:.2f} s")
     return {"size": size, "visible": visible, "cold_total": cold["total"], "warm": med}
+
+
+def live_side_by_side(size, visible, repeats):
+    """The live-update measurement for this checkout and the baseline, alternating processes."""
+    results = {"ours": [], "baseline": []}
+    for _ in range(2):
+        for who, src in (("ours", None), ("baseline", BASELINE_SRC)):
+            with tempfile.NamedTemporaryFile(suffix=".json") as f:
+                code = (f"import sys, json; sys.path.insert(0, {str(REPO / 'bench')!r}); import bench_pixel_classifier as b; "
+                        f"json.dump(b.live_update({size}, {visible}, {repeats}), open({f.name!r}, 'w'))")
+                run_process([sys.executable, "-c", code], src, stdout=None)
+                results[who].append(json.loads(Path(f.name).read_text()))
+    med = {who: {k: float(np.median([r["warm"][k] for r in rs])) for k in rs[0]["warm"]} for who, rs in results.items()}
+    print(f"  side by side (median of 2 processes each): visible region ours {med['ours']['visible']:.3f} s, "
+          f"baseline {med['baseline']['visible']:.3f} s ({med['baseline']['visible'] / med['ours']['visible']:.2f}x); "
+          f"whole image ours {med['ours']['total']:.3f} s, baseline {med['baseline']['total']:.3f} s "
+          f"({med['baseline']['total'] / med['ours']['total']:.2f}x)")
+    return {"size": size, "visible": visible, "ours": med["ours"], "baseline": med["baseline"], "runs": results}
 
 
 # -- memory --------------------------------------------------------------------
@@ -469,12 +509,16 @@ def main(argv=None):
     ap.add_argument("--apoc-python", metavar="PYTHON",
                     help="a Python with apoc and an OpenCL platform (e.g. pocl), used for the 'apoc' method")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--baseline-src", type=Path, metavar="DIR",
+                    help="the src/ folder of another version (e.g. `git archive main src | tar -x -C /tmp/base`): "
+                         "parts 1 and 3 run it side by side with this checkout")
     ap.add_argument("--huge", type=int, metavar="N", default=0,
                     help="also predict an N x N uncompressed TIFF out of core (e.g. 32768: 2 GiB, long)")
     args = ap.parse_args(argv)
     parts = {int(p) for p in args.parts.split(",")}
-    global APOC_PYTHON
+    global APOC_PYTHON, BASELINE_SRC
     APOC_PYTHON = args.apoc_python
+    BASELINE_SRC = args.baseline_src
     methods = args.methods.split(",")
     if args.apoc_python and "apoc" not in methods:
         methods.append("apoc")
@@ -485,7 +529,11 @@ def main(argv=None):
     if 2 in parts:
         out["accuracy"] = accuracy_part(args.quick, methods)
     if 3 in parts:
-        out["live"] = live_update(1024 if args.quick else 2048, 1024 if not args.quick else 512, repeats)
+        size, visible = (1024, 512) if args.quick else (2048, 1024)
+        if BASELINE_SRC:
+            out["live"] = live_side_by_side(size, visible, repeats)
+        else:
+            out["live"] = live_update(size, visible, repeats)
     if 4 in parts:
         out["memory"] = memory_part(2048 if args.quick else 8192)
     if args.huge:
