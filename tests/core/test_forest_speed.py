@@ -114,3 +114,23 @@ def test_prediction_computes_only_the_features_the_trees_use(sample2d):
     for _ in clf.iter_predict(tiles, full):
         pass
     np.testing.assert_array_equal(clf.predict_proba(sample2d.image), full)
+
+
+def test_live_prediction_previews_the_visible_region_then_gives_exact_values(sample2d):
+    image = np.tile(sample2d.image, (3, 3))  # 768 x 768
+    labels = np.tile(sample2d.scribbles, (3, 3))
+    clf = PixelClassifier(n_trees=10)
+    tiles = clf.feature_tiles(image, training=True, cache_bytes=1 << 30, tile_shape=(300, 768))
+    clf.fit_xy(*tiles.training_data(labels), tiles)
+    focus = ((100, 700), (50, 650))
+    out = np.zeros((2,) + image.shape, np.float32)
+    steps = clf.iter_predict(tiles, out, focus)
+    done, total, region = next(steps)
+    assert done == 0 and region == (slice(100, 700), slice(50, 650))
+    preview = out.copy()
+    assert (preview[:, 100:700, 50:650].sum(0) > 0.99).all() and not preview[:, :100].any()
+    for _ in steps:
+        pass
+    np.testing.assert_array_equal(out, clf.predict_proba(image))
+    # the preview is the exact value at every other pixel
+    np.testing.assert_array_equal(preview[:, 100:700:2, 50:650:2], out[:, 100:700:2, 50:650:2])

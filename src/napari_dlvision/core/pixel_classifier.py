@@ -21,9 +21,10 @@ from .images import as_channels_first, check_spacing
 from .labels import as_label_array, check_classes, class_names_for
 from .pixel_model import PixelModel
 from .probabilities import segmentation, uncertainty
-from .tiling import CACHE_BYTES, FeatureTiles, tile_shape_for, volume
+from .tiling import BLOCK_PIXELS, CACHE_BYTES, FeatureTiles, tile_shape_for, volume
 
 DASK_TILE_BYTES = 64 << 20  # feature memory per dask chunk being predicted
+PREVIEW_STRIDE = 2  # live preview of the visible region: one pixel in 2 x 2 predicted first
 
 KIND = "pixel-random-forest"
 
@@ -185,11 +186,37 @@ class PixelClassifier(PixelModel):
         """Fill `out` (K, *spatial) with probabilities, band by band.
 
         Yields (bands done, bands total, band slices) after each band,
-        visible region (`focus`) first; stop iterating to cancel.
+        visible region (`focus`) first; stop iterating to cancel. With cached
+        features and a large visible region, a coarse preview of it comes
+        first, as (0, total, region): every other pixel predicted and
+        copied to its neighbours, overwritten by the exact bands after.
         """
-        for n, total, band, p in self.iter_bands(tiles, focus):
+        bands = self.iter_bands(tiles, focus)
+        if focus is not None and tiles.cache_bytes > 0:
+            region = tuple(slice(max(0, int(a)), min(n, int(b))) for (a, b), n in zip(focus, tiles.shape))
+            if volume(region) > 2 * BLOCK_PIXELS:
+                self._coarse_preview(tiles, out, region)
+                yield 0, len(tiles.bands(focus)), region
+        for n, total, band, p in bands:
             out[(slice(None),) + band] = p
             yield n, total, band
+
+    def _coarse_preview(self, tiles: FeatureTiles, out: np.ndarray, region):
+        """Probabilities of `region` from every PREVIEW_STRIDE-th pixel in-plane."""
+        ensemble = self.ensemble if tiles.spec == self.spec else self.used_features()[1]
+        step = (1,) * (self.ndim - 2) + (PREVIEW_STRIDE,) * 2
+        for i, core in enumerate(tiles.tiles):
+            part = tuple(slice(max(c.start, r.start), min(c.stop, r.stop)) for c, r in zip(core, region))
+            if any(p.start >= p.stop for p in part):
+                continue
+            feats, inner = tiles.outer_features(i)
+            sel = tuple(slice(p.start - c.start + o.start, p.stop - c.start + o.start, k)
+                        for p, c, o, k in zip(part, core, inner, step))
+            x = np.ascontiguousarray(feats[(slice(None),) + sel])
+            p = ensemble.predict_proba(x.reshape(len(x), -1).T).T.reshape((self.n_classes,) + x.shape[1:])
+            for axis, k in enumerate(step):
+                p = np.repeat(p, k, axis=axis + 1)
+            out[(slice(None),) + part] = p[(slice(None),) + tuple(slice(0, q.stop - q.start) for q in part)]
 
     def iter_predict_proba(self, image, channel_axis=None, spacing=None, focus=None, tiles=None):
         """Prediction as Progress events, for workers: each "predicting" event's
