@@ -30,9 +30,11 @@ def add_arguments(p):
 
 def run(args):
     from ..core.features import FAMILIES, FeatureSpec
+    from ..core.forest import prefetch_sklearn
     from ..core.pixel_classifier import PixelClassifier
 
     check_outputs(args.image + args.labels, [args.out])
+    prefetch_sklearn("sklearn.ensemble")  # imports while the images are read and filtered
     if args.features:
         spec = FeatureSpec.parse(args.features, args.scales)
     elif args.scales:

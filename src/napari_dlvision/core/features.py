@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
-
 from .errors import UserInputError
+from .filters import gaussian
+from .filters import radius as _radius
 from .images import as_channels_first, n_threads
 
 FAMILIES = ("gaussian", "log", "gradient", "dog", "structure_tensor", "hessian")
@@ -33,15 +33,9 @@ FAMILY_TITLES = {
 SCALES = (0.3, 0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
 # Like ilastik, the finest scale is only meaningful for plain smoothing.
 SMOOTHING_ONLY_SCALE = 0.3
-TRUNCATE = 3.0  # Gaussian kernels reach 3 sigma, as in vigra
 DOG_RATIO = 0.66  # DoG(s) = G(s) - G(0.66 s)
 OUTER_RATIO = 0.5  # structure tensor: outer scale = 0.5 * inner scale
 _EIGEN_FAMILIES = ("structure_tensor", "hessian")
-
-
-def _radius(sigma: float) -> int:
-    """Kernel radius scipy uses for a Gaussian of this sigma."""
-    return int(TRUNCATE * float(sigma) + 0.5)
 
 
 @dataclass(frozen=True, order=True)
@@ -236,12 +230,12 @@ def _scale_outputs(img, scale, families, rel):
     """All requested families at one scale for one channel, by family."""
     ndim = img.ndim
     sig = scale / rel
-    g = ndi.gaussian_filter(img, sig, truncate=TRUNCATE)
+    g = gaussian(img, sig)
     out = {}
     if "gaussian" in families:
         out["gaussian"] = [g]
     if "dog" in families:
-        out["dog"] = [g - ndi.gaussian_filter(img, sig * DOG_RATIO, truncate=TRUNCATE)]
+        out["dog"] = [g - gaussian(img, sig * DOG_RATIO)]
     grad = None
     if {"gradient", "structure_tensor"} & families:
         grad = [_d1(g, ax, rel[ax]) for ax in range(ndim)]
@@ -249,7 +243,7 @@ def _scale_outputs(img, scale, families, rel):
             out["gradient"] = [np.sqrt(sum(d * d for d in grad))]
         if "structure_tensor" in families:
             st = {
-                (i, j): ndi.gaussian_filter(grad[i] * grad[j], sig * OUTER_RATIO, truncate=TRUNCATE)
+                (i, j): gaussian(grad[i] * grad[j], sig * OUTER_RATIO)
                 for i in range(ndim)
                 for j in range(i, ndim)
             }
@@ -273,12 +267,20 @@ def compute_features(image, spec: FeatureSpec, spacing=None, channel_axis=None) 
     return compute_features_cf(img, spec, spacing)
 
 
-def compute_features_cf(img: np.ndarray, spec: FeatureSpec, spacing=None) -> np.ndarray:
-    """Same as compute_features for an already validated (C, *spatial) float32 array."""
+def compute_features_cf(img: np.ndarray, spec: FeatureSpec, spacing=None, out=None) -> np.ndarray:
+    """Same as compute_features for an already validated (C, *spatial) float32 array.
+
+    `out`, if given, is a float32 array of the result's shape to fill (a
+    reused buffer spares the page faults of a fresh one per tile).
+    """
     n_channels, spatial = img.shape[0], img.shape[1:]
     ndim = len(spatial)
     rel = relative_spacing(spacing, ndim)
-    out = np.empty((spec.n_features(n_channels, ndim),) + spatial, np.float32)
+    shape = (spec.n_features(n_channels, ndim),) + spatial
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {shape}, got {out.dtype} {out.shape}")
     by_scale: dict[float, set] = {}
     for f in spec.features:
         by_scale.setdefault(f.scale, set()).add(f.family)
@@ -297,7 +299,7 @@ def compute_features_cf(img: np.ndarray, spec: FeatureSpec, spacing=None) -> np.
                 out[start + i] = a
 
     jobs = [(c, s, fam) for c in range(n_channels) for s, fam in by_scale.items()]
-    # scipy and numpy release the GIL for most of the work: threads help.
+    # OpenCV and numpy release the GIL for most of the work: threads help.
     workers = min(len(jobs), n_threads())
     if workers > 1:
         with ThreadPoolExecutor(workers) as ex:

@@ -8,7 +8,11 @@ model file needs no pickle.
 
 from __future__ import annotations
 
+import importlib
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .errors import ModelFileError, UserInputError
@@ -39,31 +43,49 @@ class TreeEnsemble:
         Arrays from a file are hostile until checked, so anything that is
         not a well-formed forest is refused with a one-line ModelFileError.
         """
-        from sklearn.tree._tree import NODE_DTYPE, Tree
-
         arrays = _checked_forest(arrays, n_features, n_classes)
         self.arrays = arrays
         self.n_features, self.n_classes = int(n_features), int(n_classes)
-        self.trees, self.leaf_values = [], []
-        bounds = arrays["tree_offsets"]
-        for t in range(len(bounds) - 1):
-            lo, hi = int(bounds[t]), int(bounds[t + 1])
-            nodes = np.zeros(hi - lo, dtype=NODE_DTYPE)
-            for f in _NODE_FIELDS:
-                if f in nodes.dtype.names:
-                    nodes[f] = arrays[f][lo:hi]
-            values = arrays["values"][lo:hi].astype(np.float64)
-            tree = Tree(n_features, np.array([n_classes], dtype=np.intp), 1)
-            tree.__setstate__(
-                {
-                    "max_depth": int(arrays["max_depth"][t]),
-                    "node_count": hi - lo,
-                    "nodes": nodes,
-                    "values": values[:, None, :],
-                }
-            )
-            self.trees.append(tree)
-            self.leaf_values.append(values.astype(np.float32))
+        self._built = None  # (trees, leaf values), made on first use
+        self._lock = threading.Lock()
+        prefetch_sklearn("sklearn.tree._tree")
+
+    @property
+    def trees(self) -> list:
+        return self._build()[0]
+
+    @property
+    def leaf_values(self) -> list[np.ndarray]:
+        return self._build()[1]
+
+    def _build(self):
+        """scikit-learn trees from the checked arrays, on first use.
+
+        Importing scikit-learn takes a large part of a `dlvision predict`
+        run; the import starts in the background when the model is read
+        (prefetch_sklearn) and finishes while the first tile's features are
+        computed, which mostly runs outside the GIL.
+        """
+        with self._lock:
+            if self._built is None:
+                from sklearn.tree._tree import NODE_DTYPE, Tree
+
+                arrays, trees, leaf_values = self.arrays, [], []
+                bounds = arrays["tree_offsets"]
+                for t in range(len(bounds) - 1):
+                    lo, hi = int(bounds[t]), int(bounds[t + 1])
+                    nodes = np.zeros(hi - lo, dtype=NODE_DTYPE)
+                    for f in _NODE_FIELDS:
+                        if f in nodes.dtype.names:
+                            nodes[f] = arrays[f][lo:hi]
+                    values = arrays["values"][lo:hi].astype(np.float64)
+                    tree = Tree(self.n_features, np.array([self.n_classes], dtype=np.intp), 1)
+                    tree.__setstate__({"max_depth": int(arrays["max_depth"][t]), "node_count": hi - lo,
+                                       "nodes": nodes, "values": values[:, None, :]})
+                    trees.append(tree)
+                    leaf_values.append(values.astype(np.float32))
+                self._built = (trees, leaf_values)
+            return self._built
 
     @classmethod
     def from_sklearn(cls, forest, n_classes: int) -> TreeEnsemble:
@@ -96,8 +118,10 @@ class TreeEnsemble:
         """X (N, F) -> probabilities (N, K) float32."""
         # Values beyond float32 become +-inf, which lie beyond every threshold
         # just as the clipped training values did (see _training_features).
+        # Any memory layout: trees read X[i, f] through strides, so a
+        # feature-major (F, N) array passed as its transpose needs no copy.
         with np.errstate(over="ignore"):
-            X = np.ascontiguousarray(X, dtype=np.float32)
+            X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise UserInputError(
                 f"the classifier expects {self.n_features} features per pixel, got {X.shape[-1]}"
@@ -106,15 +130,17 @@ class TreeEnsemble:
             out = np.empty((len(X), self.n_classes), np.float32)
         chunks = [slice(i, min(i + _CHUNK, len(X))) for i in range(0, len(X), _CHUNK)]
 
+        trees, leaf_values = self._build()
+
         def run(sl):
             acc = np.zeros((sl.stop - sl.start, self.n_classes), np.float32)
             tmp = np.empty_like(acc)
             xs = X[sl]
-            for tree, leaf in zip(self.trees, self.leaf_values):
+            for tree, leaf in zip(trees, leaf_values):
                 # apply() releases the GIL; take(out=) avoids fancy-index copies.
                 np.take(leaf, tree.apply(xs), axis=0, out=tmp)
                 acc += tmp
-            out[sl] = acc / len(self.trees)
+            out[sl] = acc / len(trees)
 
         if len(chunks) == 1 or n_threads() == 1:
             for sl in chunks:
@@ -123,6 +149,23 @@ class TreeEnsemble:
             with ThreadPoolExecutor(n_threads()) as ex:
                 list(ex.map(run, chunks))
         return out
+
+
+def prefetch_sklearn(module: str) -> None:
+    """Import a scikit-learn module in a background thread, once.
+
+    Its import takes longer than reading a model or an image; started early,
+    it overlaps with work that releases the GIL (OpenCV filters, numpy).
+    Whoever imports the module later simply waits for it to finish.
+    """
+    if module in sys.modules or module in _PREFETCHED:
+        return
+    _PREFETCHED.add(module)
+    # Not a daemon: an early exit waits for the import instead of killing it halfway.
+    threading.Thread(target=importlib.import_module, args=(module,), name=f"import {module}").start()
+
+
+_PREFETCHED: set[str] = set()
 
 
 def fit_forest(X: np.ndarray, y: np.ndarray, n_classes: int, n_trees: int = 50,

@@ -17,8 +17,13 @@ from .errors import UserInputError
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def as_channels_first(image, channel_axis: int | None, ndims=(2, 3)) -> np.ndarray:
-    """Return (C, *spatial) float32, validating what pixel models need."""
+def as_channels_first(image, channel_axis: int | None, ndims=(2, 3), float32: bool = True) -> np.ndarray:
+    """Return (C, *spatial) float32, validating what pixel models need.
+
+    With `float32=False` the checks are the same but the array keeps its
+    type (a view where possible), for callers that convert it piece by
+    piece: a big image is then never held twice.
+    """
     img = np.asarray(image)
     if img.dtype == bool:
         img = img.astype(np.uint8)
@@ -44,15 +49,28 @@ def as_channels_first(image, channel_axis: int | None, ndims=(2, 3)) -> np.ndarr
             f"image of shape {np.shape(image)} would have {img.shape[0]} channels: "
             "is the channel axis right?"
         )
-    if img.dtype.kind == "f" and not np.all(np.isfinite(img)):
-        raise UserInputError("image contains NaN or infinite values; replace them first")
-    if img.dtype.itemsize > 4 or img.dtype.kind == "f":
-        big = float(np.max(np.abs(img))) if img.size else 0.0
-        if big > FLOAT32_MAX / 16:
-            raise UserInputError(
-                f"image values reach {big:.3g}, too large to compute with; rescale the image first"
-            )
-    return img.astype(np.float32, copy=False)
+    if img.dtype.kind == "f" or img.dtype.itemsize > 4:
+        _check_values(img)
+    return img.astype(np.float32, copy=False) if float32 else img
+
+
+def _check_values(img: np.ndarray, rows: int = 256) -> None:
+    """NaN, infinity or values too large for float32 work: one clear error.
+
+    Checked a slab at a time, so a big image needs no full-size temporaries.
+    """
+    big = 0.0
+    for lead in np.ndindex(img.shape[:-2]):
+        plane = img[lead]
+        for start in range(0, plane.shape[0], rows):
+            part = plane[start:start + rows]
+            if part.dtype.kind == "f" and not np.all(np.isfinite(part)):
+                raise UserInputError("image contains NaN or infinite values; replace them first")
+            big = max(big, float(np.max(np.abs(part))))
+    if big > FLOAT32_MAX / 16:
+        raise UserInputError(
+            f"image values reach {big:.3g}, too large to compute with; rescale the image first"
+        )
 
 
 def check_spacing(spacing, ndim: int):

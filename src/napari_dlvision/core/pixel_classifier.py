@@ -6,6 +6,7 @@ channel k belongs to class k + 1, and the segmentation holds class ids.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -15,13 +16,15 @@ from . import modelfile
 from .errors import ModelFileError, UserInputError
 from .events import Progress
 from .features import FeatureSpec
-from .forest import MAX_FEATURES, MAX_TREES, TreeEnsemble, fit_forest
+from .forest import MAX_FEATURES, MAX_TREES, TREE_LEAF, TreeEnsemble, fit_forest
 from .images import as_channels_first, check_spacing
-from .instances import instances_from_segmentation
 from .labels import as_label_array, check_classes, class_names_for
 from .pixel_model import PixelModel
-from .probabilities import segmentation
-from .tiling import CACHE_BYTES, FeatureTiles
+from .probabilities import segmentation, uncertainty
+from .tiling import BLOCK_PIXELS, CACHE_BYTES, FeatureTiles, tile_shape_for, volume
+
+DASK_TILE_BYTES = 64 << 20  # feature memory per dask chunk being predicted
+PREVIEW_STRIDE = 2  # live preview of the visible region: one pixel in 2 x 2 predicted first
 
 KIND = "pixel-random-forest"
 
@@ -35,6 +38,7 @@ class PixelClassifier(PixelModel):
         self.n_trees, self.max_depth = int(n_trees), max_depth
         self.class_names = list(class_names or [])
         self.ensemble: TreeEnsemble | None = None
+        self._used = None  # (ensemble, spec of the features it splits on, forest reading those)
         self.n_channels = self.ndim = None
         self.spacing = None
         self.training: dict = {}
@@ -93,13 +97,39 @@ class PixelClassifier(PixelModel):
     # -- prediction -------------------------------------------------------
     def feature_tiles(self, image, channel_axis=None, spacing=None, cache_bytes=0,
                       tile_shape=None, training=False) -> FeatureTiles:
-        """Validated image wrapped for tiled feature computation."""
-        img = as_channels_first(image, channel_axis)
+        """Validated image wrapped for tiled feature computation (converted tile by tile)."""
+        img = as_channels_first(image, channel_axis, float32=False)
+        spec = self.spec
         if not training:
             self._check_compatible(img)
             if spacing is None:
                 spacing = self.spacing
-        return FeatureTiles(img, self.spec, spacing, tile_shape=tile_shape, cache_bytes=cache_bytes)
+            spec = self.used_features()[0]
+        return FeatureTiles(img, spec, spacing, tile_shape=tile_shape, cache_bytes=cache_bytes)
+
+    def used_features(self) -> tuple[FeatureSpec, TreeEnsemble]:
+        """(the features the trees split on, the forest reading only those).
+
+        From a few strokes the trees use about half of the bank; prediction
+        computes only those (same values: each scale's filters do not depend
+        on which other features are asked for).
+        """
+        if self._used is not None and self._used[0] is self.ensemble:
+            return self._used[1:]
+        arrays = self.ensemble.arrays
+        split = arrays["left_child"] != TREE_LEAF
+        entries = _feature_entries(self.spec, self.n_channels, self.ndim)
+        used = {entries[i][1] for i in np.unique(arrays["feature"][split])}
+        spec, ensemble = self.spec, self.ensemble
+        if used and len(used) < len(self.spec.features):
+            spec = FeatureSpec(tuple(used))
+            position = {e: i for i, e in enumerate(_feature_entries(spec, self.n_channels, self.ndim))}
+            remap = np.array([position.get(e, -1) for e in entries], np.int64)
+            pruned = dict(arrays, feature=np.where(split, remap[np.maximum(arrays["feature"], 0)],
+                                                   arrays["feature"]))
+            ensemble = TreeEnsemble(pruned, spec.n_features(self.n_channels, self.ndim), self.n_classes)
+        self._used = (self.ensemble, spec, ensemble)
+        return spec, ensemble
 
     def _check_compatible(self, img_cf):
         self.check_shape(img_cf.shape, channel_axis=0)
@@ -120,22 +150,73 @@ class PixelClassifier(PixelModel):
                 f"this image has {n_ch} channel(s)"
             )
 
-    def iter_predict(self, tiles: FeatureTiles, out: np.ndarray, focus=None):
-        """Fill `out` (K, *spatial) with probabilities, block by block.
+    def iter_bands(self, tiles: FeatureTiles, focus=None):
+        """Yield (bands done, bands total, band slices, probabilities (K, *band)).
 
-        Yields (blocks done, blocks total, block slices) after each block,
-        visible region (`focus`) first; stop iterating to cancel.
+        Bands are whole rows (planes in 3D) of a tile, the `focus` box first;
+        stop iterating to cancel.
         """
         self._check_compatible(tiles.image)
-        pairs = tiles.blocks(focus)
+        spec, ensemble = self.used_features()
+        if tiles.spec != spec:
+            ensemble = self.ensemble
+            if tiles.spec != self.spec:
+                raise ValueError("these tiles hold features of another feature set")
+        pairs = tiles.bands(focus)
         n_feat = tiles.n_features
-        for n, (i, block) in enumerate(pairs, 1):
+        for n, (i, band) in enumerate(pairs, 1):
+            feats, inner = tiles.outer_features(i)
             core = tiles.tiles[i]
-            rel = tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(block, core))
-            feats = tiles.features(i)[rel]
-            p = self.ensemble.predict_proba(feats.reshape(-1, n_feat))
-            out[(slice(None),) + block] = p.T.reshape(out.shape[:1] + feats.shape[:-1])
-            yield n, len(pairs), block
+            # The band in the outer box: its rows, and either just its columns
+            # (a copy) or all columns of the box, halo included (a view, when
+            # the halo adds little forest work; cropped afterwards).
+            rows = slice(band[0].start - core[0].start + inner[0].start,
+                         band[0].stop - core[0].start + inner[0].start)
+            whole = math.prod(feats.shape[2:]) <= 1.1 * volume(inner[1:])
+            sel = (slice(None), rows) + ((slice(None),) * (self.ndim - 1) if whole else inner[1:])
+            x = feats[sel]
+            shape = x.shape[1:]
+            x = x.reshape(n_feat, -1) if whole else np.ascontiguousarray(x).reshape(n_feat, -1)
+            p = ensemble.predict_proba(x.T).T.reshape((self.n_classes,) + shape)
+            if whole:
+                p = p[(slice(None), slice(None)) + inner[1:]]
+            yield n, len(pairs), band, p
+
+    def iter_predict(self, tiles: FeatureTiles, out: np.ndarray, focus=None):
+        """Fill `out` (K, *spatial) with probabilities, band by band.
+
+        Yields (bands done, bands total, band slices) after each band,
+        visible region (`focus`) first; stop iterating to cancel. With cached
+        features and a large visible region, a coarse preview of it comes
+        first, as (0, total, region): every other pixel predicted and
+        copied to its neighbours, overwritten by the exact bands after.
+        """
+        bands = self.iter_bands(tiles, focus)
+        if focus is not None and tiles.cache_bytes > 0:
+            region = tuple(slice(max(0, int(a)), min(n, int(b))) for (a, b), n in zip(focus, tiles.shape))
+            if volume(region) > 2 * BLOCK_PIXELS:
+                self._coarse_preview(tiles, out, region)
+                yield 0, len(tiles.bands(focus)), region
+        for n, total, band, p in bands:
+            out[(slice(None),) + band] = p
+            yield n, total, band
+
+    def _coarse_preview(self, tiles: FeatureTiles, out: np.ndarray, region):
+        """Probabilities of `region` from every PREVIEW_STRIDE-th pixel in-plane."""
+        ensemble = self.ensemble if tiles.spec == self.spec else self.used_features()[1]
+        step = (1,) * (self.ndim - 2) + (PREVIEW_STRIDE,) * 2
+        for i, core in enumerate(tiles.tiles):
+            part = tuple(slice(max(c.start, r.start), min(c.stop, r.stop)) for c, r in zip(core, region))
+            if any(p.start >= p.stop for p in part):
+                continue
+            feats, inner = tiles.outer_features(i)
+            sel = tuple(slice(p.start - c.start + o.start, p.stop - c.start + o.start, k)
+                        for p, c, o, k in zip(part, core, inner, step))
+            x = np.ascontiguousarray(feats[(slice(None),) + sel])
+            p = ensemble.predict_proba(x.reshape(len(x), -1).T).T.reshape((self.n_classes,) + x.shape[1:])
+            for axis, k in enumerate(step):
+                p = np.repeat(p, k, axis=axis + 1)
+            out[(slice(None),) + part] = p[(slice(None),) + tuple(slice(0, q.stop - q.start) for q in part)]
 
     def iter_predict_proba(self, image, channel_axis=None, spacing=None, focus=None, tiles=None):
         """Prediction as Progress events, for workers: each "predicting" event's
@@ -147,6 +228,37 @@ class PixelClassifier(PixelModel):
         prob = np.empty((self.n_classes,) + tiles.shape, np.float32)
         for done, total, block in self.iter_predict(tiles, prob, focus):
             yield Progress("predicting", done, total, payload={"block": block, "probabilities": prob})
+
+    def predict_outputs(self, image, channel_axis=None, spacing=None, wanted=("segmentation",),
+                        foreground=None, tile_shape=None) -> dict:
+        """The outputs in `wanted`, computed band by band (see core.pixel_model).
+
+        Only what is asked for is ever held whole: for a segmentation, the
+        image, one tile's features and the class ids, so memory stays flat
+        (an 8192 x 8192 image predicts in well under 1 GB).
+        """
+        unknown = set(wanted) - set(self.OUTPUTS)
+        if unknown:
+            raise UserInputError(f"a pixel classifier cannot output {', '.join(sorted(unknown))}")
+        tiles = self.feature_tiles(image, channel_axis, spacing, tile_shape=tile_shape)
+        k, shape = self.n_classes, tiles.shape
+        seg = np.empty(shape, np.uint8 if k < 255 else np.uint16)
+        prob = np.empty((k,) + shape, np.float32) if "probabilities" in wanted else None
+        unc = np.empty(shape, np.float32) if "uncertainty" in wanted else None
+        for _, _, band, p in self.iter_bands(tiles):
+            seg[band] = segmentation(p)
+            if prob is not None:
+                prob[(slice(None),) + band] = p
+            if unc is not None:
+                unc[band] = uncertainty(p)
+        out = {"segmentation": seg}
+        if prob is not None:
+            out["probabilities"] = prob
+        if unc is not None:
+            out["uncertainty"] = unc
+        if "instances" in wanted:
+            out["instances"] = self.instances_from_segmentation(seg, spacing=tiles.spacing, foreground=foreground)
+        return out
 
     def predict_proba(self, image, channel_axis=None, spacing=None, tile_shape=None, out=None):
         """Probabilities (K, *spatial) float32, computed in tiles."""
@@ -173,14 +285,19 @@ class PixelClassifier(PixelModel):
             self._check_compatible(np.empty((arr.shape[0],) + (2,) * (arr.ndim - 1), np.float32))
         if spacing is None:
             spacing = self.spacing
-        halo = self.spec.halo(spacing, self.ndim)
+        spec = self.used_features()[0]
+        halo = spec.halo(spacing, self.ndim)
+        n_features = spec.n_features(self.n_channels, self.ndim)
         depth = {0: 0, **{i + 1: h for i, h in enumerate(halo)}}
         grown = da.overlap.overlap(arr, depth=depth, boundary="none")
         k = self.n_classes
-        prob = grown.map_blocks(
-            lambda block: self.predict_proba(block, channel_axis=0, spacing=spacing),
-            chunks=((k,),) + grown.chunks[1:], dtype=np.float32,
-        )
+
+        def block_proba(block):
+            # Several chunks run at once: smaller feature tiles keep memory flat.
+            tile = tile_shape_for(block.shape[1:], n_features, halo, DASK_TILE_BYTES)
+            return self.predict_proba(block, channel_axis=0, spacing=spacing, tile_shape=tile)
+
+        prob = grown.map_blocks(block_proba, chunks=((k,),) + grown.chunks[1:], dtype=np.float32)
         return da.overlap.trim_internal(prob, depth, boundary="none")
 
     def predict(self, image, channel_axis=None, spacing=None) -> np.ndarray:
@@ -189,11 +306,16 @@ class PixelClassifier(PixelModel):
 
     def instances(self, prob: np.ndarray, spacing=None, foreground: int | None = None) -> np.ndarray:
         """Objects of the foreground class (default: the last), touching ones split."""
+        return self.instances_from_segmentation(segmentation(prob), spacing, foreground)
+
+    def instances_from_segmentation(self, seg: np.ndarray, spacing=None, foreground: int | None = None):
         fg = self.n_classes if foreground is None else int(foreground)
         if not 1 <= fg <= self.n_classes:
             raise UserInputError(f"foreground class must be between 1 and {self.n_classes}, got {fg}")
+        from .instances import instances_from_segmentation  # scipy and scikit-image: only when asked
+
         spacing = self.spacing if spacing is None else spacing
-        return instances_from_segmentation(segmentation(prob), fg, spacing=spacing)
+        return instances_from_segmentation(seg, fg, spacing=spacing)
 
     # -- model file -------------------------------------------------------
     def metadata(self) -> dict:
@@ -244,3 +366,8 @@ class PixelClassifier(PixelModel):
         except (KeyError, TypeError, ValueError, IndexError, UserInputError) as e:
             raise ModelFileError(f"{path} is a damaged pixel classifier ({e})") from None
         return self
+
+
+def _feature_entries(spec: FeatureSpec, n_channels: int, ndim: int) -> list[tuple]:
+    """(channel, feature, output) of each column of the feature stack, in order."""
+    return [(c, f, o) for c in range(n_channels) for f in spec.features for o in range(f.n_outputs(ndim))]
