@@ -162,7 +162,14 @@ def prefetch_sklearn(module: str) -> None:
         return
     _PREFETCHED.add(module)
     # Not a daemon: an early exit waits for the import instead of killing it halfway.
-    threading.Thread(target=importlib.import_module, args=(module,), name=f"import {module}").start()
+    threading.Thread(target=_quiet_import, args=(module,), name=f"import {module}").start()
+
+
+def _quiet_import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except BaseException:  # noqa: BLE001 - e.g. the program is exiting (an error before the forest was
+        pass  # needed); an import that truly fails fails again, visibly, where the module is used
 
 
 _PREFETCHED: set[str] = set()
