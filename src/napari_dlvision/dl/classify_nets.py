@@ -151,7 +151,7 @@ def _scaled_resnet(width, n_classes):
     return Narrow()
 
 
-DEFAULT_WIDTH = {"fast": 32, "cnn": 32, "cnn-bn": 32, "resnet18": 64, "mlp": 512, "filters-mlp": 512,
+DEFAULT_WIDTH = {"fast": 16, "cnn": 32, "cnn-bn": 32, "resnet18": 64, "mlp": 512, "filters-mlp": 512,
                  "logreg": 0}
 
 

@@ -252,7 +252,9 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             if step % 25 == 0:
                 last_good = _copy_state(net)
             ema_loss, ema_w = 0.9 * ema_loss + 0.1 * loss, 0.9 * ema_w + 0.1
-            if validate is not None and (step % val_every == 0 or step == total):
+            over = settings.time_limit is not None and clock() - t0 >= settings.time_limit
+            # The last step is validated however the run ends, so a time limit keeps the best weights too.
+            if validate is not None and (step % val_every == 0 or step == total or over):
                 metrics = {k: float(v) for k, v in evaluated(validate).items()}
                 score = next(iter(metrics.values()), -math.inf)
                 if math.isfinite(score) and score > best["score"]:
@@ -261,7 +263,6 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             if preview is not None and settings.preview_every and step % settings.preview_every == 0:
                 payload = {"preview": evaluated(preview)}
             seconds = clock() - t0
-            over = settings.time_limit is not None and seconds >= settings.time_limit
             if over:
                 stopped = "time limit"
                 messages.append(f"time limit of {settings.time_limit:g} s reached after {step} steps")
