@@ -19,7 +19,7 @@ def dlvision(*args):
 def one_line_error(r, text):
     assert r.returncode == 1, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dlvision: error: ") and "Traceback" not in r.stderr, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("dlvision") and ": error: " in lines[0], r.stderr
     assert text in lines[0], lines[0]
 
 

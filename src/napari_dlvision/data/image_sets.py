@@ -234,6 +234,8 @@ def iter_load(path, *, split: str = "train", labels_csv=None, class_names=None, 
         keep = [i for i, im in enumerate(raw) if im is not None]
         if not keep:
             raise UserInputError(f"none of the {len(files)} image files in {root} could be read")
+        if channels is not None:  # before resizing, so the message tells the files' own size
+            _check_fits([raw[i] for i in keep], size, channels, root)
         images = _harmonise([raw[i] for i in keep], notices, size)
         paths = [str(files[i]) for i in keep]
         label_names = None if label_names is None else [label_names[i] for i in keep]
@@ -249,16 +251,23 @@ def iter_load(path, *, split: str = "train", labels_csv=None, class_names=None, 
         if foreign:
             notices.append(f"{len(foreign)} label(s) are not classes of the model and count as unlabelled: "
                            f"{', '.join(foreign[:5])}")
-    if channels is not None and images.shape[3] != channels:
-        raise UserInputError(
-            f"the model expects {size_text(size, channels)} images; {root} holds "
-            f"{size_text(images.shape[1:3], images.shape[3])} images")
+    if channels is not None:
+        _check_fits(list(images[:1]), size, channels, root)
     result = ImageSet(images, labels, list(names), paths, notices)
     if label_names is not None and kind is None:
         few = [names[k] for k, c in enumerate(result.counts()) if c == 1]
         if few:
             notices.append(f"class(es) with a single image: {', '.join(few[:5])} (too few to validate on)")
     yield Progress("done", len(paths), len(paths), result.describe(), payload=result)
+
+
+def _check_fits(imgs, size, channels, root):
+    """Refuse images of another channel count than the model's, naming both."""
+    chans = max(im.shape[2] for im in imgs)
+    if chans != channels:
+        common = Counter(im.shape[:2] for im in imgs).most_common(1)[0][0]
+        raise UserInputError(f"the model expects {size_text(size, channels)} images; {root} holds "
+                             f"{size_text(common, chans)} images")
 
 
 def size_text(size, channels) -> str:
