@@ -181,6 +181,8 @@ def train_classifier(clf: ImageClassifier, data, settings: ClassifierSettings | 
     augment = settings.augment if settings.augment is not None else clf.arch in AUGMENTED
     batch = int(settings.batch_size) or (GPU_BATCH.get(clf.arch, recipe["batch"]) if device.type == "cuda"
                                          else recipe["batch"])
+    if not settings.batch_size:  # a few hundred painted images still get several steps per epoch
+        batch = min(batch, max(16, len(train_idx) // 8))
     batch = max(1, min(batch, len(train_idx)))
     epochs = settings.epochs or recipe["epochs"]
     steps = max(1, math.ceil(epochs * len(train_idx) / batch))

@@ -22,10 +22,10 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushBut
 
 from ..core.classification import Prediction
 from ..core.errors import UserInputError
-from ..core.events import Progress
 from ..core.mosaic import MAX_TILES, Mosaic, labels_from_strokes, overlay_tiles
 from .base import ModelWidget
 from .class_table import ClassTable
+from .classifier_jobs import load_job, predict_job, train_job
 from .classifier_views import ConfusionTable, FilterBar, filtered
 from .layers import OUTPUT_TAG, show_output
 from .parts import Field, ModelRow, RunPanel, SettingsForm
@@ -46,52 +46,6 @@ OVERLAY_MAX_PIXELS = 50_000_000  # a prediction overlay bigger than this would c
 
 def _is_stack(layer) -> bool:
     return OUTPUT_TAG not in layer.metadata and layer.data.ndim - (1 if layer.rgb else 0) == 3
-
-
-def _as_images(data, rgb: bool) -> np.ndarray:
-    """(N, H, W, C) numpy images from a stack layer's data (runs in the worker: may be dask)."""
-    x = np.asarray(data)
-    if not rgb:
-        x = x[..., None]
-    return x[..., :3] if x.shape[-1] == 4 else x
-
-
-def _load_job(path):
-    from ..data.image_sets import iter_load
-
-    yield from iter_load(path)
-
-
-def _train_job(holder, model, arch, device, images, file_labels, strokes, mosaic, names, settings_kw):
-    """Worker: torch first, then labels from the strokes, then the shared trainer."""
-    from .torch_import import import_torch
-
-    import_torch()
-    from ..data.image_sets import ImageSet
-    from ..dl.classify import ImageClassifier
-    from ..dl.classify_train import ClassifierSettings, train_classifier
-
-    x = _as_images(images, holder["rgb"])
-    labels = np.full(len(x), -1, np.int64) if file_labels is None else np.array(file_labels)
-    painted = labels_from_strokes(strokes, mosaic)
-    labels[: len(painted)][painted > 0] = painted[painted > 0] - 1  # strokes override file labels
-    holder["labels"] = labels
-    n_classes = max(len(names), int(labels.max()) + 1)
-    names = list(names) + [f"class {k + 1}" for k in range(len(names), n_classes)]
-    clf = model or ImageClassifier(arch, device=device)
-    holder["model"] = clf
-    yield from train_classifier(clf, ImageSet(x, labels, names, []), ClassifierSettings(arch=clf.arch, **settings_kw))
-
-
-def _predict_job(model, images, rgb):
-    from .torch_import import import_torch
-
-    import_torch()
-    x = model.check_images(_as_images(images, rgb))
-    proba = None
-    for done, total, proba in model.iter_predict_proba(x):
-        yield Progress("predicting", done, total, f"predicting {done}/{total} images")
-    yield Progress("done", len(x), len(x), payload={"proba": proba})
 
 
 class ClassifierWidget(ModelWidget):
@@ -167,7 +121,7 @@ class ClassifierWidget(ModelWidget):
                 self.prepare_view()
                 self.say(f"Opened {s.describe()}." + "".join(f" Note: {n}." for n in s.notices))
 
-        return self.start(_load_job(folder), on_event)
+        return self.start(load_job(folder), on_event)
 
     def prepare_view(self, view: str | None = None):
         """Thumbnails (or the stack) of the picked images with an annotation layer over them."""
@@ -257,7 +211,7 @@ class ClassifierWidget(ModelWidget):
         if not resume:
             self.panel.plot.clear()
         holder = {"rgb": stack.rgb}
-        gen = _train_job(holder, self.model if resume else None, self.settings_form.values()["arch"], self.device(),
+        gen = train_job(holder, self.model if resume else None, self.settings_form.values()["arch"], self.device(),
                          stack.data, self.file_labels.get(id(stack)), strokes, self.mosaic, self.class_table.names(),
                          self.settings())
         return self.start(gen, self._on_train_event, self._on_train_end, holder=holder,
@@ -304,7 +258,7 @@ class ClassifierWidget(ModelWidget):
                 self.refresh_overlay()
                 self.say(f"{note}Predicted {len(self.prediction.proba)} images in {job.seconds:.1f} s.")
 
-        return self.start(_predict_job(self.model, stack.data, stack.rgb), on_event)
+        return self.start(predict_job(self.model, stack.data, stack.rgb), on_event)
 
     def refresh_overlay(self):
         """Redraw the prediction frames, veiling the images the filter hides."""
