@@ -42,7 +42,7 @@ def test_mixed_sizes_grey_rgb_and_junk(tmp_path, toy):
     assert s.images.shape == (12, 16, 16, 3)
     text = " ".join(s.notices)
     assert "resized 1 of 12 images to 16x16" in text and "made 1 grey images RGB" in text
-    assert "skipped 1 unreadable" in text
+    assert "skipped 1 unreadable" in text and "ignored 1 file(s) that are not" in text
 
 
 def test_empty_and_single_image_classes(tmp_path, toy):
@@ -121,7 +121,7 @@ def test_pickled_cifar_is_never_unpickled(tmp_path, monkeypatch):
 def test_model_size_and_channels(tmp_path, toy):
     images, labels, names = toy
     write_class_folders(tmp_path, images[..., :1], labels, names)  # grey
-    with pytest.raises(UserInputError, match="expects 32x32 RGB images; .* holds 32x32 grey"):
+    with pytest.raises(UserInputError, match="expects 32x32 RGB images; .* holds 16x16 grey"):
         load_image_set(tmp_path, size=(32, 32), channels=3)
     s = load_image_set(tmp_path, size=(32, 32), channels=1, class_names=["disc", "other"])
     assert s.images.shape == (12, 32, 32, 1) and "the model's input size" in s.notices[0]

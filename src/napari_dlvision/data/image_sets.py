@@ -147,8 +147,12 @@ def _read_many(files, root: Path, notices, threads=None):
     return out
 
 
-def _folder_files(root: Path):
-    """(files, label names per file or None, layout) of a class-folder tree or a flat folder."""
+def _others(folder: Path) -> int:
+    return sum(1 for p in _visible(folder) if p.is_file() and not _is_image(p))
+
+
+def _folder_files(root: Path, notices: list[str]):
+    """(files, label names per file or None) of a class-folder tree or a flat folder."""
     entries = _visible(root)
     subdirs = [p for p in entries if p.is_dir()]
     flat = [p for p in entries if _is_image(p)]
@@ -162,10 +166,17 @@ def _folder_files(root: Path):
         for name, fs in per_class.items():
             files += fs
             names += [name] * len(fs)
-        return files, names, "classes"
-    if not flat:
-        raise UserInputError(f"no TIFF, PNG or JPEG images in {root}")
-    return flat, None, "flat"
+        empty = [name for name, fs in per_class.items() if not fs]
+        if empty:
+            notices.append(f"class folder(s) without images: {', '.join(empty[:5])}")
+        other = sum(_others(d) for d in subdirs)
+    else:
+        if not flat:
+            raise UserInputError(f"no TIFF, PNG or JPEG images in {root}")
+        files, names, other = flat, None, _others(root)
+    if other:
+        notices.append(f"ignored {other} file(s) that are not TIFF, PNG or JPEG images")
+    return files, names
 
 
 def _csv_labels(csv_path: Path, root: Path) -> dict[str, str]:
@@ -217,7 +228,7 @@ def iter_load(path, *, split: str = "train", labels_csv=None, class_names=None, 
     else:
         if not root.is_dir():
             raise UserInputError(f"{root} is not a folder of images")
-        files, label_names, layout = _folder_files(root)
+        files, label_names = _folder_files(root, notices)
         if labels_csv is not None:
             table = _csv_labels(Path(labels_csv), root)
             label_names = [table.get(os.path.normcase(os.path.realpath(f))) for f in files]
