@@ -233,7 +233,8 @@ class ClassifierWidget(ModelWidget):
             return
         self.model, self.labels = clf, holder.get("labels")
         t = clf.training
-        note = (f"Training {t.get('stopped', 'ended')} after {t.get('steps')} steps ({t.get('epochs')} epochs) in "
+        how = {"time limit": "reached its time limit", "error": "ended"}.get(t.get("stopped"), t.get("stopped"))
+        note = (f"Training {how} after {t.get('steps')} steps ({t.get('epochs')} epochs) in "
                 f"{t.get('seconds')} s; kept {t.get('kept')}. ")
         self.say(note)
         self.runner.then(lambda: self.predict_images(note))
