@@ -64,6 +64,10 @@ class ImageClassifier:
         return len(self.class_names)
 
     def build(self, n_channels: int, size, n_classes: int):
+        from .classify_nets import DEFAULT_WIDTH
+
+        # The width actually used is stored, so a changed default never breaks old model files.
+        self.width = DEFAULT_WIDTH[self.arch] if self.width is None else int(self.width)
         self.net = build(self.arch, n_channels, size, n_classes, self.width)
         self.n_channels, self.size = int(n_channels), (int(size[0]), int(size[1]))
         self.class_names = class_names_for(self.class_names, n_classes)
