@@ -21,6 +21,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/bench_pixel_classifier.py
 	$(BIN)/python bench/bench_unet.py
+	$(BIN)/python bench/bench_classifier.py
 
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

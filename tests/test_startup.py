@@ -28,10 +28,25 @@ def test_napari_with_plugin_docked_does_not_import_torch():
     assert r.stdout.strip().endswith("3")
 
 
+def test_image_classifier_docks_without_torch():
+    r = _run(
+        "import sys, numpy as np, napari\n"
+        "v = napari.Viewer(show=False)\n"
+        "v.add_image(np.zeros((5, 8, 8, 3), np.uint8), rgb=True)\n"
+        "_, w = v.window.add_plugin_dock_widget('napari-dlvision', 'Image classifier')\n"
+        "w.prepare_view()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(len(v.layers))\n"
+        "v.close()\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("3")  # images, mosaic, annotations
+
+
 def test_manifest_is_valid():
     from npe2 import PluginManifest
 
     manifest = PluginManifest.from_distribution("napari-dlvision")
     assert {w.display_name for w in manifest.contributions.widgets} == {
-        "Pixel classifier (random forest)", "Deep pixel classifier (U-Net)"}
+        "Pixel classifier (random forest)", "Deep pixel classifier (U-Net)", "Image classifier"}
     assert {s.key for s in manifest.contributions.sample_data} >= {"nuclei-2d", "nuclei-3d", "coins", "cell"}

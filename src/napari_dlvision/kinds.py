@@ -58,6 +58,10 @@ register(Kind(
     "pixel-unet", "unet", PIXELS, "Deep pixel classifier (U-Net)",
     "napari_dlvision.dl.segmenter:UNetSegmenter", "napari_dlvision.cli.train_unet", uses_torch=True,
 ))
+register(Kind(
+    "image-classifier", "classifier", IMAGES, "Image classifier",
+    "napari_dlvision.dl.classify:ImageClassifier", "napari_dlvision.cli.train_classifier", uses_torch=True,
+))
 
 
 def get(name) -> Kind:

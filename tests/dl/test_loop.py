@@ -127,3 +127,42 @@ def test_bad_settings_are_user_errors(bad):
     net, batches, loss_fn, _ = _problem()
     with pytest.raises(UserInputError):
         next(fit(net, batches, loss_fn, FitSettings(**bad)))
+
+
+def test_time_schedule_reaches_its_end_and_the_last_step_is_validated():
+    """With a time limit far shorter than the steps, the learning rate still anneals,
+    and the weights of the last step are scored before the run ends."""
+    net, batches, loss_fn, _ = _problem()
+    lrs, scored = [], []
+
+    def validate(model):
+        lrs.append(None)
+        return {"score": -len(lrs)}  # earlier is better: the kept step must be a validated one
+
+    gen = fit(net, batches, loss_fn, FitSettings(steps=100_000, batch_size=4, lr=0.1, schedule="onecycle",
+                                                 time_limit=0.5, time_schedule=True, val_every=10**6),
+              validate=validate)
+    opt_lrs = []
+    for ev in gen:
+        if ev.stage == "training":
+            scored.append(ev.metrics)
+            opt_lrs.append(gen.gi_frame.f_locals["opt"].param_groups[0]["lr"])
+    report = ev.payload["report"]
+    assert report["stopped"] == "time limit" and report["steps"] < 100_000
+    assert len(lrs) == 1 and scored[-1] == {"score": -1}  # validated once: at the last step
+    assert report["best_step"] == report["steps"]
+    assert max(opt_lrs) > 0.09 and opt_lrs[-1] < 0.02  # went up to the peak and down to the end
+
+
+def test_cpu_clock_bf16_and_sparse_weight_checks():
+    from napari_dlvision.dl.loop import cpu_bf16_supported
+
+    net, batches, loss_fn, w = _problem()
+    events = list(fit(net, batches, loss_fn, FitSettings(steps=300, batch_size=16, lr=0.05, clock="cpu",
+                                                         cpu_amp=True, check_every=7)))
+    report = events[-1].payload["report"]
+    assert report["stopped"] == "finished" and report["seconds"] >= 0
+    atol = 0.1 if cpu_bf16_supported() else 0.05  # bfloat16 keeps about 3 digits
+    torch.testing.assert_close(net.weight.detach().T, w, atol=atol, rtol=0)
+    with pytest.raises(UserInputError, match="unknown clock"):
+        next(fit(net, batches, loss_fn, FitSettings(clock="sundial")))
