@@ -58,6 +58,10 @@ register(Kind(
     "pixel-unet", "unet", PIXELS, "Deep pixel classifier (U-Net)",
     "napari_dlvision.dl.segmenter:UNetSegmenter", "napari_dlvision.cli.train_unet", uses_torch=True,
 ))
+register(Kind(
+    "object-detector", "detector", BOXES, "Object detector (boxes)",
+    "napari_dlvision.dl.detector:Detector", "napari_dlvision.cli.train_detector", uses_torch=True,
+))
 
 
 def get(name) -> Kind:

@@ -47,6 +47,9 @@ class FitSettings:
     warmup: int = 0  # steps of linear warm-up (cosine and constant)
     grad_clip: float | None = 1.0  # max gradient norm; None: no clipping
     ema: float | None = None  # decay of the weight average, e.g. 0.99; None: off
+    # Average with decay min(ema, (1 + n) / (10 + n)) at the n-th update, so a
+    # short run (a time limit on a slow CPU) keeps little of the random start.
+    ema_warmup: bool = False
     device: str = "auto"
     amp: bool = True  # mixed precision, on CUDA only
     time_limit: float | None = None  # seconds
@@ -130,14 +133,34 @@ def _make_optimiser(net, s: FitSettings):
     return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
+def ema_decay(decay: float, n_averaged: int, warmup: bool) -> float:
+    """Decay of the n-th EMA update (n counts updates already averaged, from 1)."""
+    return min(decay, (1 + n_averaged) / (10 + n_averaged)) if warmup else decay
+
+
+def _warming_ema(decay):
+    """torch's EMA update (get_ema_multi_avg_fn) with the warm-up of `ema_decay`."""
+
+    def update(averaged, current, n_averaged):
+        d = ema_decay(decay, int(n_averaged), True)
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:
+            for a, c in zip(averaged, current):
+                a.copy_(a * d + c * (1 - d))
+
+    return update
+
+
 class _Averaged(torch.nn.Module):
     """EMA of a network's weights and buffers (torch's AveragedModel)."""
 
-    def __init__(self, net, decay):
+    def __init__(self, net, decay, warmup: bool = False):
         super().__init__()
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        self.avg = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        fn = _warming_ema(decay) if warmup else get_ema_multi_avg_fn(decay)
+        self.avg = AveragedModel(net, multi_avg_fn=fn, use_buffers=True)
 
     def update(self, net):
         self.avg.update_parameters(net)
@@ -164,7 +187,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
     sched = torch.optim.lr_scheduler.LambdaLR(opt, settings.lr_factor)
     amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    averaged = _Averaged(net, settings.ema) if settings.ema else None
+    averaged = _Averaged(net, settings.ema, settings.ema_warmup) if settings.ema else None
     total = int(settings.steps)
     val_every = settings.val_every or max(1, total // 10)
     messages: list[str] = []
