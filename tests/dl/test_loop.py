@@ -86,6 +86,25 @@ def test_ema_warmup_keeps_little_of_the_random_start_in_short_runs():
     assert errors[True] < 0.1 < errors[False]
 
 
+def test_time_schedule_decays_the_learning_rate_by_the_time_limit():
+    import time as _time
+
+    net, batches, loss_fn, _ = _problem()
+    lrs = []
+
+    def slow_loss(model, batch):
+        _time.sleep(0.02)
+        return loss_fn(model, batch)
+
+    settings = FitSettings(steps=100_000, batch_size=4, lr=0.1, time_limit=0.6, time_schedule=True)
+    gen = fit(net, batches, slow_loss, settings)
+    for ev in gen:
+        if ev.stage == "training":
+            lrs.append(gen.gi_frame.f_locals["opt"].param_groups[0]["lr"])
+    assert len(lrs) < 1000  # the time limit, not the steps, ended it
+    assert lrs[0] > 0.09 and lrs[-1] < 0.03  # cosine to 5 % over the time, not over 100 000 steps
+
+
 def test_a_diverging_run_stops_and_keeps_finite_weights():
     net, batches, loss_fn, _ = _problem()
     calls = {"n": 0}

@@ -90,6 +90,8 @@ class BoxPatchSampler:
         s = math.exp(rng.uniform(-math.log(aug.scale), math.log(aug.scale))) if aug.scale > 1 else 1.0
         size = p / s
         origin = self._window(i, size, around)
+        if s == 1.0:
+            origin = np.round(origin)  # a plain crop: no interpolation blurs the patch
         img = self.images[i]
         if s == 1.0 and np.all(origin == np.round(origin)) and np.all(origin >= 0) \
                 and origin[0] + p <= img.shape[1] and origin[1] + p <= img.shape[2]:

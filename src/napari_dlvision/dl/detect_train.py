@@ -51,6 +51,7 @@ class DetectSettings:
     empty_planes: str = "skip"  # stack planes without boxes: "skip" (not annotated) or "negative"
     device: str = "auto"
     time_limit: float | None = None
+    time_schedule: bool = True  # with a time limit, the learning rate decays by the time limit
     seed: int = 0
     val_every: int = 0
     preview_every: int = 0

@@ -70,7 +70,7 @@ class Detector:
 
     def __init__(self, arch: str = DEFAULT_ARCH, class_names=None, pretrained: str = "cache",
                  normalisation: Normalisation | None = None, device: str = "auto",
-                 score_threshold: float = 0.3, nms_iou: float = 0.5):
+                 score_threshold: float = 0.3, nms_iou: float = 0.5, base_channels: int = 16):
         if arch not in ARCHS:
             raise UserInputError(f"unknown detector architecture {arch!r}; choose one of {', '.join(ARCHS)}")
         self.arch, self.pretrained = arch, pretrained
@@ -80,6 +80,7 @@ class Detector:
         self.score_threshold, self.nms_iou = float(score_threshold), float(nms_iou)
         self.net = None
         self.n_channels = None
+        self.base_channels = int(base_channels)  # width of the U-Net (centernet)
         self.config: dict = {}  # network sizes chosen from the training boxes (see build)
         self.training: dict = {}
         self.metrics: dict = {}
@@ -98,10 +99,10 @@ class Detector:
         if self.arch == "centernet":
             # The U-Net must see a whole object from its centre: depth 3 reaches 58 pixels, depth 4 122.
             depth = 3 if biggest <= 80 else (4 if biggest <= 200 else 5)
-            self.config = {"depth": depth, "base_channels": 16, "norm": "batch"}
+            self.config = {"depth": depth, "base_channels": self.base_channels, "norm": "batch"}
             from .unet import UNet
 
-            self.net = UNet(2, n_channels, n_classes + 4, depth, 16, "batch")
+            self.net = UNet(2, n_channels, n_classes + 4, depth, self.base_channels, "batch")
             centernet.init_head(self.net, n_classes)
         else:
             from .tv_detectors import pretrained_state

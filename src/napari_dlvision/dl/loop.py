@@ -53,6 +53,10 @@ class FitSettings:
     device: str = "auto"
     amp: bool = True  # mixed precision, on CUDA only
     time_limit: float | None = None  # seconds
+    # With a time limit that comes before `steps`, run the schedule on whichever
+    # is further along, elapsed steps or elapsed time, so the learning rate has
+    # decayed when the time is up (slow or busy machines reach few steps).
+    time_schedule: bool = False
     seed: int = 0
     val_every: int = 0  # steps between validations; 0: ten per run
     preview_every: int = 0  # steps between previews; 0: none
@@ -185,6 +189,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
     net.to(device)
     opt = _make_optimiser(net, settings)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, settings.lr_factor)
+    base_lrs = [g["lr"] for g in opt.param_groups]
     amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
     averaged = _Averaged(net, settings.ema, settings.ema_warmup) if settings.ema else None
@@ -238,6 +243,11 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
         for step in range(1, total + 1):
             loss, batch = retry_on_oom(step_fn, batch, report=messages.append, device=device)
             sched.step()
+            if settings.time_schedule and settings.time_limit:
+                ahead = int((time.perf_counter() - t0) / settings.time_limit * total)
+                if ahead > step:
+                    for g, base in zip(opt.param_groups, base_lrs):
+                        g["lr"] = base * settings.lr_factor(min(ahead, total))
             if not (math.isfinite(loss) and finite_state(net)):
                 stopped = "diverged"
                 messages.append("the loss is no longer a number: stopped; try a lower learning rate")

@@ -10,6 +10,8 @@ annotation layer is written only when the user asks (Accept).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from napari.layers import Labels, Shapes
@@ -82,15 +84,21 @@ def class_colours(n: int) -> dict[int, np.ndarray]:
 def new_boxes_layer(viewer, image, names) -> Shapes:
     """An empty Shapes layer for drawing boxes on `image` (3D for a stack), in rectangle mode."""
     n = image.ndim
-    layer = viewer.add_shapes(
-        None, ndim=n, name=f"{image.name} boxes", scale=image.scale[-n:], translate=image.translate[-n:],
-        features=pd.DataFrame({"class": np.zeros(0, np.int64)}), feature_defaults={"class": 1},
-        edge_color="class", edge_color_cycle=list(class_colours(max(2, len(names))).values()),
-        face_color="transparent", edge_width=EDGE_WIDTH)
+    with warnings.catch_warnings():  # "class looks categorical": it is, and the cycle map below says so
+        warnings.simplefilter("ignore", RuntimeWarning)
+        layer = _add_boxes_layer(viewer, image, names, n)
     layer.edge_color_cycle_map = class_colours(max(2, len(names)))
     layer.current_edge_color = class_colour(None, 1)
     layer.mode = "add_rectangle"
     return layer
+
+
+def _add_boxes_layer(viewer, image, names, n):
+    return viewer.add_shapes(
+        None, ndim=n, name=f"{image.name} boxes", scale=image.scale[-n:], translate=image.translate[-n:],
+        features=pd.DataFrame({"class": np.zeros(0, np.int64)}), feature_defaults={"class": 1},
+        edge_color="class", edge_color_cycle=list(class_colours(max(2, len(names))).values()),
+        face_color="transparent", edge_width=EDGE_WIDTH)
 
 
 def choose_class(layer, class_id: int):

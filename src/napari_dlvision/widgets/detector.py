@@ -80,7 +80,7 @@ class DetectorWidget(ModelWidget):
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
-        self._watched = None
+        self._watched, self._ready = None, False  # pickers report their first layer before the rest exists
         lay = QVBoxLayout(self)
         self.image_picker = self.picker(Image, self._image_changed, accept=_not_output)
         self.boxes_picker = self.picker((Shapes, Labels), self._boxes_changed, accept=_not_output,
@@ -114,13 +114,17 @@ class DetectorWidget(ModelWidget):
                                "Predict folder…"))
         lay.addStretch()
         self.on_close(lambda: self._watch(None))
+        self._ready = True
         self._boxes_changed(self.boxes_picker.value)
 
     # -- annotation layer ------------------------------------------------------------
     def _image_changed(self, image):
-        self.review.forget_scores()
+        if self._ready:
+            self.review.forget_scores()
 
     def _boxes_changed(self, layer):
+        if not self._ready:
+            return
         self._watch(layer)
         self._update_counts()
 
