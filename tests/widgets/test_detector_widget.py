@@ -71,9 +71,9 @@ def test_draw_train_review_accept_evaluate(qtbot, drawn, scene, tmp_path):
     w.review.threshold.setValue(5)
     qtbot.waitUntil(lambda: out.nshapes > 0, timeout=5000)
     assert set(out.features["class"]) == {"object"} and out.features["score"].min() >= 0.05
-    many = out.nshapes
+    many, scores = out.nshapes, out.features["score"].to_numpy()
     w.review.threshold.setValue(60)
-    qtbot.waitUntil(lambda: out.nshapes < many, timeout=5000)
+    qtbot.waitUntil(lambda: out.nshapes == int((scores >= 0.6).sum()), timeout=5000)
     assert out.nshapes == 0 or out.features["score"].min() >= 0.6
     assert not w.runner.busy  # no job ran for the slider
     w.review.threshold.setValue(5)
