@@ -67,11 +67,17 @@ class Planes:
             raise UserInputError("image contains NaN or infinite values; replace them first")
         return tile
 
-    def norm_params(self, normalisation: Normalisation, plane: int = 0) -> np.ndarray:
-        """Normalisation parameters of one plane, from at most `max_samples` pixels of it."""
+    def norm_params(self, normalisation: Normalisation, plane: int = 0, with_median: bool = False):
+        """Normalisation parameters of one plane, from at most `max_samples` pixels of it.
+
+        with_median: also the per-channel median of the normalised plane (its background)."""
         step = max(1, int(math.ceil(math.sqrt(math.prod(self.shape) / normalisation.max_samples))))
         sample = self.read(plane, slice(None, None, step), slice(None, None, step))
-        return normalisation.params(sample)
+        params = normalisation.params(sample)
+        if not with_median:
+            return params
+        flat = normalisation.apply(sample, params).reshape(sample.shape[0], -1)
+        return params, np.median(flat[:, :: max(1, flat.shape[1] // 100_000)], axis=1).astype(np.float32)
 
     def plane_normalised(self, normalisation: Normalisation, plane: int = 0) -> np.ndarray:
         """A whole plane, normalised (C, H, W) float32 (training: planes are small enough)."""

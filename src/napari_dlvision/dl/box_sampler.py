@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+BORDER_FRACTION = 0.25  # how far a training window may reach past the image's edge
+
 
 @dataclass
 class BoxAugmentation:
@@ -26,6 +28,12 @@ class BoxAugmentation:
     scale: float = 1.25  # zoom factor drawn log-uniformly from [1/scale, scale]; 1: off
     intensity: bool = True
     keep_fraction: float = 0.85  # a box cut by the crop stays a box when this much of it is inside
+
+
+def background(image_cf: np.ndarray) -> np.ndarray:
+    """Per-channel fill beyond an image's edge: its median, from a subsample."""
+    flat = image_cf.reshape(image_cf.shape[0], -1)
+    return np.median(flat[:, :: max(1, flat.shape[1] // 100_000)], axis=1).astype(np.float32)
 
 
 def flip_boxes(boxes: np.ndarray, size: float, axis: int) -> np.ndarray:
@@ -58,8 +66,7 @@ class BoxPatchSampler:
         self.boxes = [np.asarray(b, np.float64).reshape(-1, 4) for b, _ in tables]
         self.classes = [np.asarray(c, np.int64).reshape(-1) for _, c in tables]
         self.object_fraction = object_fraction
-        self.fill = [np.median(img.reshape(img.shape[0], -1)[:, ::97], axis=1).astype(np.float32)
-                     for img in self.images]
+        self.fill = [background(img) for img in self.images]
         n_boxes = np.array([len(b) for b in self.boxes], float)
         self.p_boxes = n_boxes / n_boxes.sum() if n_boxes.sum() else None
         areas = np.array([img.shape[1] * img.shape[2] for img in self.images], float)
@@ -77,10 +84,13 @@ class BoxPatchSampler:
                 lo.append(self.rng.uniform(min(first, last), max(first, last)))
         else:
             lo = [self.rng.uniform(0, n - size) if n > size else -self.rng.uniform(0, size - n) for n in (h, w)]
-        # Windows stay on the image where they can; smaller images sit somewhere inside the window.
+        # Windows may reach past the image by a quarter of their size (filled with background),
+        # so objects cut by the image's edge are seen often, with the edge where prediction
+        # puts it (Detector pads images by the same fill); smaller images sit inside the window.
+        m = BORDER_FRACTION * size
         out = []
         for v, n in zip(lo, (h, w)):
-            out.append(min(max(v, 0.0), n - size) if n >= size else min(max(v, n - size), 0.0))
+            out.append(min(max(v, -m), n - size + m) if n >= size else min(max(v, n - size - m), m))
         return np.array(out)
 
     def sample_one(self):

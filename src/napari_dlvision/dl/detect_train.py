@@ -25,7 +25,7 @@ from ..core.boxes import BoxTable, clip_to_image
 from ..core.errors import UserInputError
 from ..core.planes import Planes
 from . import centernet
-from .box_sampler import BoxAugmentation, BoxPatchSampler
+from .box_sampler import BORDER_FRACTION, BoxAugmentation, BoxPatchSampler
 from .detector import Detector, select
 from .devices import pick_device
 from .loop import FitSettings, fit
@@ -36,8 +36,8 @@ EMPTY_PLANES = ("skip", "negative")
 @dataclass
 class DetectSettings:
     steps: int = 400
-    patch_size: int = 0  # 0: from the largest object (at least 64; 128 for torchvision's detectors)
-    batch_size: int = 0  # 0: 8 for the U-Net detector, 4 for torchvision's
+    patch_size: int = 0  # 0: from the objects' sizes (at least 64; 128 for torchvision's detectors)
+    batch_size: int = 0  # 0: from the patch, about 8 x 64^2 pixels (U-Net) or 4 x 128^2 (torchvision)
     lr: float = 0.0  # 0: 3e-3 for the U-Net detector, 1e-3 for torchvision's
     weight_decay: float = 1e-4
     warmup: int = 0  # 0: 5% of the steps, at most 50
@@ -161,12 +161,23 @@ def prepare_validation(detector: Detector, validation, channel_axis=None):
 
 
 def auto_patch(sides: np.ndarray, shapes, arch: str) -> int:
-    """Patch edge: whole objects with room around them, on the pooling grid, within the images."""
-    biggest = float(sides.max()) if len(sides) else 32.0
+    """Patch edge: most objects whole with room around them, on the pooling grid, within the images.
+
+    Sized from the 95th percentile of the objects' longer sides, not the
+    largest: a few giant objects would make every step many times dearer.
+    """
+    typical = float(np.percentile(sides.max(axis=1), 95)) if len(sides) else 32.0
     lo = 64 if arch == "centernet" else 128
-    p = int(min(max(math.ceil(1.25 * biggest / 16) * 16, lo), 512))
+    p = int(min(max(math.ceil(2 * typical / 16) * 16, lo), 256))
     largest_image = max(max(s) for s in shapes)
     return int(max(32, min(p, math.ceil(largest_image / 16) * 16)))
+
+
+def auto_batch(patch: int, arch: str) -> int:
+    """About the same pixels per step whatever the patch: 8 x 64^2 (U-Net), 4 x 128^2 (torchvision)."""
+    if arch == "centernet":
+        return int(min(8, max(2, round(8 * (64 / patch) ** 2))))
+    return int(min(4, max(1, round(4 * (128 / patch) ** 2))))
 
 
 # -- training -----------------------------------------------------------------------------
@@ -197,8 +208,10 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
     net, arch = detector.net, detector.arch
     patch = settings.patch_size or auto_patch(sides, [p.shape[1:] for p in planes], arch)
     sampler = BoxPatchSampler(planes, targets, patch, settings.augmentation(), settings.object_fraction, rng)
+    if "border" not in detector.config:  # prediction pads images as far as training windows reach past them
+        detector.config["border"] = int(math.ceil(BORDER_FRACTION * patch * settings.scale / 8) * 8)
     centre = arch == "centernet"
-    batch = settings.batch_size or (8 if centre else 4)
+    batch = settings.batch_size or auto_batch(patch, arch)
     lr = settings.lr or (3e-3 if centre else 1e-3)
     k = detector.n_classes
 

@@ -166,6 +166,19 @@ class Detector:
         keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1) & (s >= CANDIDATE_FLOOR) & (c >= 1)
         return b[keep], s[keep], c[keep]
 
+    def _read_padded(self, planes: Planes, p: int, outer, pad: int, params, fill) -> np.ndarray:
+        """Normalised tile `outer` of the image padded by `pad` pixels of `fill` on every side."""
+        (r, c), (h, w) = outer, planes.shape
+        tile = np.empty((planes.n_channels, r.stop - r.start, c.stop - c.start), np.float32)
+        tile[:] = fill[:, None, None]
+        r0, r1 = max(r.start - pad, 0), min(r.stop - pad, h)
+        c0, c1 = max(c.start - pad, 0), min(c.stop - pad, w)
+        if r1 > r0 and c1 > c0:
+            raw = planes.read(p, slice(r0, r1), slice(c0, c1))
+            tile[:, r0 + pad - r.start:r1 + pad - r.start, c0 + pad - c.start:c1 + pad - c.start] = \
+                self.normalisation.apply(raw, params)
+        return tile
+
     def iter_predict(self, image, channel_axis=None, device=None, net=None, tile_shape=None):
         """Candidates of an image or stack, as Progress events ("predicting", then "done").
 
@@ -182,22 +195,26 @@ class Detector:
         halo, multiple = self.halo, self.multiple
         if tile_shape is None:
             tile_shape, _ = plan_tiles(planes.shape, device, halo, multiple, self.bytes_per_pixel())
+        # The image is predicted as if padded by `border` pixels of background: training
+        # windows reach past the image's edge the same way, so objects cut by the edge look alike.
+        pad = int(self.config.get("border", 0))
+        shape = (planes.shape[0] + 2 * pad, planes.shape[1] + 2 * pad)
         all_b, all_s, all_c, all_i = [], [], [], []
         try:
             while True:
-                tiles = grid(planes.shape, tile_shape)
+                tiles = grid(shape, tile_shape)
                 total, done = len(tiles) * planes.n_planes, 0
                 try:
                     for p in range(planes.n_planes):
-                        params = planes.norm_params(self.normalisation, p)
+                        params, fill = planes.norm_params(self.normalisation, p, with_median=True)
                         for core in tiles:
-                            outer, inner = grow(core, (halo, halo), planes.shape)
-                            raw = planes.read(p, *outer)
-                            x = torch.from_numpy(self.normalisation.apply(raw, params))[None].to(device)
+                            outer, inner = grow(core, (halo, halo), shape)
+                            tile = self._read_padded(planes, p, outer, pad, params, fill)
+                            x = torch.from_numpy(tile)[None].to(device)
                             with torch.inference_mode():
                                 b, s, c = self._tile_candidates(net, x, inner)
                             del x
-                            b = b + np.array([outer[0].start, outer[1].start] * 2, np.float32)
+                            b = b + np.array([outer[0].start - pad, outer[1].start - pad] * 2, np.float32)
                             all_b.append(b), all_s.append(s), all_c.append(c), all_i.append(np.full(len(s), p))
                             done += 1
                             yield Progress("predicting", done, total)
@@ -287,6 +304,7 @@ class Detector:
                     raise ValueError("architecture does not match channels or classes")
                 config = {"depth": net.depth, "base_channels": net.base_channels, "norm": net.norm,
                           "largest_object": float(config.get("largest_object", 64))}
+                config["border"] = field(meta, "config.border", int, lo=0, hi=1024, optional=True, default=0)
             else:
                 scale = field(meta, "architecture.scale", float, lo=0.25, hi=8)
                 if net_arch.get("name") != arch or net_arch.get("n_classes") != n_classes \
@@ -297,7 +315,8 @@ class Detector:
                 if not isinstance(largest, (int, float)) or not 0 < largest < 1e5:
                     raise ValueError("largest_object out of range")
                 config = {"scale": scale, "largest_object": float(largest),
-                          "pretrained_backbone": bool(config.get("pretrained_backbone", False))}
+                          "pretrained_backbone": bool(config.get("pretrained_backbone", False)),
+                          "border": field(meta, "config.border", int, lo=0, hi=1024, optional=True, default=0)}
             self.net, self.n_channels, self.config = net, n_channels, config
             self.class_names = class_names_for(names, n_classes)
             self.training = field(meta, "training", dict, optional=True, default={})
