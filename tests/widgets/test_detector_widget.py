@@ -132,6 +132,20 @@ def test_new_layer_classes_and_stack(qtbot, make_napari_viewer):
     assert names == ["cell", "dead"] and table.index.tolist() == [2] and table.classes.tolist() == [2]
 
 
+def test_an_instance_labels_layer_trains_a_detector(qtbot, make_napari_viewer, scene):
+    s, truth = scene
+    viewer = make_napari_viewer()
+    viewer.add_image(s.image, name="cells")
+    seg = viewer.add_labels(s.instances, name="cells segmentation")
+    w = _dock(viewer, steps=2, preview_every=0)
+    assert w.boxes_picker.value is seg
+    w.train()
+    wait_idle(qtbot, w, TIMEOUT_MS)
+    assert w.last_error is None, w.last_error
+    assert w.model.training["boxes"] == len(truth)  # converted in the worker, one box per object
+    np.testing.assert_array_equal(seg.data, s.instances)
+
+
 def test_bad_boxes_give_one_message_and_leave_layers_alone(qtbot, make_napari_viewer, errors_shown):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64), np.uint8), name="img")

@@ -8,8 +8,6 @@ rests (a short debounce keeps dragging smooth).
 
 from __future__ import annotations
 
-import math
-
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSlider
 
@@ -141,7 +139,3 @@ class BoxReview(QGroupBox):
     def forget_scores(self):
         self.scores = None
         self.result.setText("")
-
-
-def finite(v) -> bool:
-    return v is not None and math.isfinite(v)

@@ -289,6 +289,12 @@ class DetectorWidget(ModelWidget):
             return score()
         return self.predict_layer(image, then=score)
 
+    def load_model(self, path):
+        from .torch_import import import_torch
+
+        import_torch()  # loading builds the network: torch without triton (see torch_import)
+        return super().load_model(path)
+
     def on_model_loaded(self, det, path):
         self.class_table.set_names(det.class_names + self.class_table.names()[len(det.class_names):])
         self.settings_form.set_value("arch", det.arch)
