@@ -48,5 +48,6 @@ def test_manifest_is_valid():
 
     manifest = PluginManifest.from_distribution("napari-dlvision")
     assert {w.display_name for w in manifest.contributions.widgets} == {
-        "Pixel classifier (random forest)", "Deep pixel classifier (U-Net)", "Image classifier"}
+        "Pixel classifier (random forest)", "Deep pixel classifier (U-Net)", "Image classifier",
+        "Object detector (boxes)"}
     assert {s.key for s in manifest.contributions.sample_data} >= {"nuclei-2d", "nuclei-3d", "coins", "cell"}

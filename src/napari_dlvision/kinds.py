@@ -62,6 +62,10 @@ register(Kind(
     "image-classifier", "classifier", IMAGES, "Image classifier",
     "napari_dlvision.dl.classify:ImageClassifier", "napari_dlvision.cli.train_classifier", uses_torch=True,
 ))
+register(Kind(
+    "object-detector", "detector", BOXES, "Object detector (boxes)",
+    "napari_dlvision.dl.detector:Detector", "napari_dlvision.cli.train_detector", uses_torch=True,
+))
 
 
 def get(name) -> Kind:

@@ -72,6 +72,38 @@ def test_ema_weights_are_previewed_and_kept_when_stopped():
     assert not net.training
 
 
+def test_ema_warmup_keeps_little_of_the_random_start_in_short_runs():
+    from napari_dlvision.dl.loop import ema_decay
+
+    assert ema_decay(0.99, 1) == 2 / 11 and ema_decay(0.99, 10_000) == 0.99
+    net, batches, loss_fn, w = _problem()
+    start = net.weight.detach().clone()
+    list(fit(net, batches, loss_fn, FitSettings(steps=60, batch_size=16, lr=0.1, ema=0.99)))
+    # 60 steps of a plain EMA 0.99 would still hold 55% of the random start;
+    # warmed up, the average follows training.
+    assert float((net.weight.detach().T - w).abs().max()) < 0.1
+    assert float((start.T - w).abs().max()) > 0.2
+
+
+def test_time_schedule_decays_the_learning_rate_by_the_time_limit():
+    import time as _time
+
+    net, batches, loss_fn, _ = _problem()
+    lrs = []
+
+    def slow_loss(model, batch):
+        _time.sleep(0.02)
+        return loss_fn(model, batch)
+
+    settings = FitSettings(steps=100_000, batch_size=4, lr=0.1, time_limit=0.6, time_schedule=True)
+    gen = fit(net, batches, slow_loss, settings)
+    for ev in gen:
+        if ev.stage == "training":
+            lrs.append(gen.gi_frame.f_locals["opt"].param_groups[0]["lr"])
+    assert len(lrs) < 1000  # the time limit, not the steps, ended it
+    assert lrs[0] > 0.09 and lrs[-1] < 0.03  # cosine to 5 % over the time, not over 100 000 steps
+
+
 def test_a_diverging_run_stops_and_keeps_finite_weights():
     net, batches, loss_fn, _ = _problem()
     calls = {"n": 0}

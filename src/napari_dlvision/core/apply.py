@@ -40,7 +40,10 @@ def write_output(path, value) -> Path:
 def predict_file(model, path, channel_axis=None, spacing=None, wanted=None, **options) -> dict:
     image = read_image(path)
     if channel_axis is None:
-        channel_axis = channel_axis_for(image.shape, model.ndim, model.n_channels)
+        # A model whose inputs are not simply "ndim spatial axes plus channels" (a
+        # detector also takes stacks of 2D planes) says how to read the shape.
+        guess = getattr(model, "guess_channel_axis", None)
+        channel_axis = guess(image.shape) if guess else channel_axis_for(image.shape, model.ndim, model.n_channels)
     return model.predict_outputs(image, channel_axis, spacing, check_wanted(model, wanted), **options)
 
 

@@ -1,0 +1,91 @@
+"""`dlvision train detector`, `predict` and `evaluate` on real files, in a subprocess."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_dlvision.core.boxes import BoxTable, boxes_from_labels
+from napari_dlvision.data.synthetic import nuclei
+
+
+def dlvision(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "napari_dlvision.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("det")
+    for name, seed in (("a", 1), ("b", 2)):
+        s = nuclei((80, 96), radius=(6.0, 9.0), seed=seed)
+        tifffile.imwrite(d / f"{name}.tif", s.image)
+        boxes_from_labels(s.instances, class_name="nucleus").write(d / f"{name}.csv")
+    r = dlvision("train", "detector", "--image", d / "a.tif", "--boxes", d / "a.csv", "--image", d / "b.tif",
+                 "--boxes", d / "b.csv", "--out", d / "m.dlv", "--steps", 4, "--seed", 1)
+    assert r.returncode == 0, r.stderr
+    assert "training a centernet detector (1 class: nucleus)" in r.stdout and "wrote" in r.stdout
+    return d
+
+
+def test_predict_writes_the_exact_csv_and_folders_too(files):
+    r = dlvision("predict", "--model", files / "m.dlv", "--image", files / "b.tif", "--out", files / "p.csv",
+                 "--score-threshold", 0.05)
+    assert r.returncode == 0, r.stderr
+    header = (files / "p.csv").read_text().splitlines()[0]
+    assert header == "y0,x0,y1,x1,class,score"
+    table = BoxTable.read_csv(files / "p.csv")
+    assert table.scores is None or np.all(table.scores >= 0.05)
+    (files / "in").mkdir()
+    tifffile.imwrite(files / "in" / "x.tif", tifffile.imread(files / "a.tif"))
+    tifffile.imwrite(files / "in" / "stack.tif", np.stack([tifffile.imread(files / "a.tif")] * 2))
+    r = dlvision("predict", "--model", files / "m.dlv", "--image", files / "in", "--out", files / "out")
+    assert r.returncode == 0, r.stderr
+    assert (files / "out" / "x_boxes.csv").read_text().startswith("y0,x0,y1,x1,class,score")
+    assert (files / "out" / "stack_boxes.csv").read_text().startswith("index,y0,x0,y1,x1,class,score")
+
+
+def test_evaluate_prints_the_four_scores(files):
+    r = dlvision("evaluate", "--model", files / "m.dlv", "--image", files / "a.tif", "--boxes", files / "a.csv")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines[:4]] == ["mAP@0.5", "mAP@0.5:0.95", "precision", "recall"]
+    assert "true boxes" in lines[4]
+
+
+def test_continue_and_validation(files):
+    r = dlvision("train", "detector", "--image", files / "a.tif", "--boxes", files / "a.csv", "--init", files / "m.dlv",
+                 "--val-image", files / "b.tif", "--val-boxes", files / "b.csv", "--out", files / "m2.dlv",
+                 "--steps", 2)
+    assert r.returncode == 0, r.stderr
+    assert "validation weights" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--boxes", "{d}/a.csv", "--out", "{d}/x.dlv"], "at least one --image"),
+    (["--image", "{d}/a.tif", "--out", "{d}/x.dlv"], "one --boxes CSV per --image"),
+    (["--image", "{d}/a.tif", "--boxes", "{d}/empty.csv", "--out", "{d}/x.dlv"], "no boxes to learn from"),
+    (["--image", "{d}/a.tif", "--boxes", "{d}/a.csv", "--out", "{d}/a.csv"], "would overwrite the input"),
+    (["--image", "{d}/a.tif", "--boxes", "{d}/stack.csv", "--out", "{d}/x.dlv"], "is for a stack"),
+])
+def test_train_errors_are_one_line(files, args, message):
+    (files / "empty.csv").write_text("y0,x0,y1,x1,class\n")
+    BoxTable([[1, 1, 5, 5]], [1], index=[0]).write(files / "stack.csv")
+    before = (files / "a.csv").read_bytes()
+    r = dlvision("train", "detector", *[a.format(d=files) for a in args], "--steps", 1)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("dlvision: error:")
+    assert (files / "a.csv").read_bytes() == before
+
+
+def test_predict_refuses_pixel_flags_and_non_csv(files):
+    r = dlvision("predict", "--model", files / "m.dlv", "--image", files / "a.tif", "--out", files / "p.csv",
+                 "--probabilities", files / "prob.tif")
+    assert r.returncode == 1 and "pixel classifiers" in r.stderr
+    r = dlvision("predict", "--model", files / "m.dlv", "--image", files / "a.tif", "--out", files / "p.tif")
+    assert r.returncode == 1 and ".csv" in r.stderr
+    r = dlvision("predict", "--model", files / "m.dlv", "--image", files / "a.tif", "--out", files / "q.csv",
+                 "--score-threshold", 2)
+    assert r.returncode == 1 and "between 0 and 1" in r.stderr

@@ -1,0 +1,176 @@
+"""The detector dock widget in a real viewer, on the user's path: draw, train, review, accept, evaluate."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+from widget_helpers import wait_idle
+
+from napari_dlvision.core.boxes import boxes_from_labels, boxes_to_rectangles
+from napari_dlvision.data.synthetic import nuclei
+from napari_dlvision.widgets.detector import FIELDS, DetectorWidget
+
+TIMEOUT_MS = 900_000
+
+
+@pytest.fixture(scope="module")
+def scene():
+    s = nuclei((128, 128), radius=(7.0, 11.0), seed=11)
+    return s, boxes_from_labels(s.instances)
+
+
+def _dock(viewer, steps=40, preview_every=20):
+    w = DetectorWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    for name, value in (("steps", steps), ("preview_every", preview_every), ("scale", 1.0)):
+        w.settings_form.set_value(name, value)
+    return w
+
+
+@pytest.fixture
+def drawn(make_napari_viewer, scene):
+    """The user's image and a Shapes layer opened first, the widget docked after, boxes drawn."""
+    s, truth = scene
+    viewer = make_napari_viewer()
+    viewer.add_image(s.image, name="cells")
+    boxes = viewer.add_shapes(None, ndim=2, name="my boxes")
+    w = _dock(viewer)
+    assert w.image_picker.value is viewer.layers["cells"] and w.boxes_picker.value is boxes
+    boxes.mode = "add_rectangle"
+    boxes.add_rectangles(np.asarray(boxes_to_rectangles(truth)))  # as the user draws them, one by one in effect
+    yield w, boxes, truth
+    w.runner.stop()
+
+
+def test_arch_choices_match_the_model_code():
+    from napari_dlvision.dl.detector import ARCHS
+
+    assert tuple(next(f for f in FIELDS if f.name == "arch").choices) == ARCHS
+
+
+def test_draw_train_review_accept_evaluate(qtbot, drawn, scene, tmp_path):
+    w, boxes, truth = drawn
+    viewer = w.viewer
+    drawn_data = [d.copy() for d in boxes.data]
+    assert w.class_table.count(1) == len(truth)
+    qtbot.mouseClick(w.train_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "cells detections" in viewer.layers, timeout=TIMEOUT_MS)  # a preview while training
+    wait_idle(qtbot, w, TIMEOUT_MS)  # training, then the final prediction
+    assert w.last_error is None, w.last_error
+    assert w.status.text().startswith("Training finished after 40 steps") and "Predicted cells" in w.status.text()
+    assert len(w.plot.loss) == 40
+    out = viewer.layers["cells detections"]
+    assert set(out.shape_type) <= {"rectangle"} and {"class", "score"} <= set(out.features)
+    assert viewer.layers.selection.active is boxes  # drawing goes on in the user's layer
+    # The user's layer is untouched by training and prediction.
+    assert len(boxes.data) == len(drawn_data) and all(np.array_equal(a, b) for a, b in zip(boxes.data, drawn_data))
+
+    # The threshold slider filters the shown boxes without running the network.
+    w.review.threshold.setValue(5)
+    qtbot.waitUntil(lambda: out.nshapes > 0, timeout=5000)
+    assert set(out.features["class"]) == {"object"} and out.features["score"].min() >= 0.05
+    many, scores = out.nshapes, out.features["score"].to_numpy()
+    w.review.threshold.setValue(60)
+    qtbot.waitUntil(lambda: out.nshapes == int((scores >= 0.6).sum()), timeout=5000)
+    assert out.nshapes == 0 or out.features["score"].min() >= 0.6
+    assert not w.runner.busy  # no job ran for the slider
+    w.review.threshold.setValue(5)
+    qtbot.waitUntil(lambda: out.nshapes == many, timeout=5000)
+    assert "Showing boxes with score >= 0.05" in w.status.text()
+
+    # Evaluate against the instance labels the boxes came from.
+    gt = viewer.add_labels(scene[0].instances, name="truth")
+    w.gt_picker.value = gt
+    w.apply_picker.value = viewer.layers["cells"]
+    scores = w.evaluate()
+    assert scores["true boxes"] == len(truth) and 0 <= scores["mAP@0.5"] <= 1
+    assert "mAP@0.5" in w.review.result.text() and "precision" in w.review.result.text()
+
+    # Accept: boxes that overlap a drawn one are not added again.
+    assert w.accept() == 0 or w.accept() == 0  # the second time nothing new is left either
+    boxes.data = boxes.data[:5]
+    added = w.accept()
+    assert added > 0 and boxes.nshapes == 5 + added
+
+    path = w.save_model(tmp_path / "det.dlv")
+    other = _dock(viewer)
+    assert other.load_model(path) is not None and other.last_error is None
+    assert other.class_table.names()[0] == "object"
+
+
+def test_stop_keeps_a_model_and_continue_goes_on(qtbot, drawn):
+    w, boxes, _ = drawn
+    w.settings_form.set_value("steps", 5000)
+    w.settings_form.set_value("preview_every", 0)
+    w.train()
+    qtbot.waitUntil(lambda: len(w.plot.loss) >= 3, timeout=TIMEOUT_MS)
+    qtbot.mouseClick(w.stop_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, w, TIMEOUT_MS)
+    assert w.model is not None and w.last_error is None
+    stopped = w.model.training["steps_total"]
+    assert 3 <= stopped < 5000
+    w.settings_form.set_value("steps", 4)
+    qtbot.mouseClick(w.continue_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, w, TIMEOUT_MS)
+    assert w.model.training["steps_total"] == stopped + 4 and w.plot.last_step == stopped + 4
+
+
+def test_new_layer_classes_and_stack(qtbot, make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 40, 50), np.uint8), name="stack")
+    w = _dock(viewer)
+    layer = w.new_boxes()
+    assert layer.ndim == 3 and layer.mode == "add_rectangle" and w.boxes_picker.value is layer
+    w.class_table.set_names(["cell", "dead"])
+    w.class_table.table.setCurrentCell(1, 1)  # the user picks class 2, then draws on plane 2
+    layer.add_rectangles(np.array([[2, 5, 5], [2, 15, 5], [2, 15, 20], [2, 5, 20]], float))
+    assert layer.features["class"].tolist() == [2]
+    assert w.class_table.count(2) == 1
+    table, names = w._boxes_of(layer, viewer.layers["stack"])
+    assert names == ["cell", "dead"] and table.index.tolist() == [2] and table.classes.tolist() == [2]
+
+
+def test_an_instance_labels_layer_trains_a_detector(qtbot, make_napari_viewer, scene):
+    s, truth = scene
+    viewer = make_napari_viewer()
+    viewer.add_image(s.image, name="cells")
+    seg = viewer.add_labels(s.instances, name="cells segmentation")
+    w = _dock(viewer, steps=2, preview_every=0)
+    assert w.boxes_picker.value is seg
+    w.train()
+    wait_idle(qtbot, w, TIMEOUT_MS)
+    assert w.last_error is None, w.last_error
+    assert w.model.training["boxes"] == len(truth)  # converted in the worker, one box per object
+    np.testing.assert_array_equal(seg.data, s.instances)
+
+
+def test_bad_boxes_give_one_message_and_leave_layers_alone(qtbot, make_napari_viewer, errors_shown):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
+    lines = viewer.add_shapes([np.array([[5, 5], [5, 40]], float)], shape_type="line", name="lines")
+    w = _dock(viewer)
+    w.train()
+    wait_idle(qtbot, w, TIMEOUT_MS)
+    assert "no boxes to learn from" in w.last_error and len(errors_shown) == 1
+    assert lines.nshapes == 1 and lines.shape_type == ["line"]
+    w.boxes_picker.value = None
+    viewer.layers.remove(lines)
+    w.train()
+    assert "pick or make a boxes layer" in w.last_error
+    w.evaluate()
+    assert "pick an image" in w.last_error or "ground-truth" in w.last_error
+    w.train(resume=True)
+    assert "before continuing" in w.last_error
+
+
+def test_docking_the_detector_does_not_import_torch():
+    code = ("import sys, napari\n"
+            "v = napari.Viewer(show=False)\n"
+            "v.open_sample('napari-dlvision', 'nuclei-2d')\n"
+            "v.window.add_plugin_dock_widget('napari-dlvision', 'Object detector (boxes)')\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "v.close()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
