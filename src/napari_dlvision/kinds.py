@@ -58,6 +58,10 @@ register(Kind(
     "pixel-unet", "unet", PIXELS, "Deep pixel classifier (U-Net)",
     "napari_dlvision.dl.segmenter:UNetSegmenter", "napari_dlvision.cli.train_unet", uses_torch=True,
 ))
+register(Kind(
+    "denoiser", "denoiser", IMAGE_TO_IMAGE, "Denoiser (Noise2Void, Noise2Noise, supervised)",
+    "napari_dlvision.dl.denoise:Denoiser", "napari_dlvision.cli.train_denoiser", uses_torch=True,
+))
 
 
 def get(name) -> Kind:

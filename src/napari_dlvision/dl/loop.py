@@ -47,6 +47,9 @@ class FitSettings:
     warmup: int = 0  # steps of linear warm-up (cosine and constant)
     grad_clip: float | None = 1.0  # max gradient norm; None: no clipping
     ema: float | None = None  # decay of the weight average, e.g. 0.99; None: off
+    # Ramp the EMA decay up as min(ema, (1 + n) / (10 + n)) after n updates, so
+    # the average of a short run is not dominated by its first, untrained weights.
+    ema_warmup: bool = False
     device: str = "auto"
     amp: bool = True  # mixed precision, on CUDA only
     time_limit: float | None = None  # seconds
@@ -73,6 +76,8 @@ class FitSettings:
             number("gradient clipping", self.grad_clip, 1e-6)
         if self.ema is not None:
             number("EMA decay", self.ema, 0, 0.99999)
+        if not isinstance(self.ema_warmup, bool):
+            raise UserInputError(f"EMA warm-up must be true or false, got {self.ema_warmup!r}")
         if self.time_limit is not None:
             number("time limit", self.time_limit, 1e-3)
         number("validation interval", self.val_every, 0, 10_000_000, integer=True)
@@ -130,14 +135,32 @@ def _make_optimiser(net, s: FitSettings):
     return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
+def ema_decay(decay: float, n_averaged: int, warmup: bool) -> float:
+    """The EMA decay for the next update, after `n_averaged` updates so far."""
+    return min(decay, (1 + n_averaged) / (10 + n_averaged)) if warmup else decay
+
+
 class _Averaged(torch.nn.Module):
     """EMA of a network's weights and buffers (torch's AveragedModel)."""
 
-    def __init__(self, net, decay):
+    def __init__(self, net, decay, warmup: bool = False):
         super().__init__()
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        self.avg = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        if not warmup:
+            self.avg = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            return
+
+        @torch.no_grad()
+        def ramped(averaged, current, n_averaged):
+            d = ema_decay(decay, int(n_averaged), True)
+            if torch.is_floating_point(averaged[0]):
+                torch._foreach_lerp_(averaged, current, 1 - d)
+            else:  # integer buffers (batch norm's step counter)
+                for a, c in zip(averaged, current):
+                    a.copy_(c)
+
+        self.avg = AveragedModel(net, multi_avg_fn=ramped, use_buffers=True)
 
     def update(self, net):
         self.avg.update_parameters(net)
@@ -164,7 +187,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
     sched = torch.optim.lr_scheduler.LambdaLR(opt, settings.lr_factor)
     amp = settings.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    averaged = _Averaged(net, settings.ema) if settings.ema else None
+    averaged = _Averaged(net, settings.ema, settings.ema_warmup) if settings.ema else None
     total = int(settings.steps)
     val_every = settings.val_every or max(1, total // 10)
     messages: list[str] = []
