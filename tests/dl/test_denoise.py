@@ -15,6 +15,17 @@ SIGMA = 0.15
 TINY = dict(depth=2, base_channels=16)  # the "small" preset is wider; this keeps tests fast
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These networks are tiny: one thread is as fast, and far faster on a busy shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def psnr(clean, x):
     return peak_signal_noise_ratio(clean, x, data_range=1.0)
 
@@ -34,7 +45,7 @@ def n2v_run(cells):
     # Intensity units of a camera: the result must come back in them.
     raw = (noisy * 1000 + 300).astype(np.float32)
     d = Denoiser("n2v", **TINY)
-    events = list(train_denoiser(d, raw, settings=settings(steps=120, preview_every=60)))
+    events = list(train_denoiser(d, raw, settings=settings(steps=100, preview_every=50)))
     return d, events, raw
 
 
@@ -47,7 +58,7 @@ def test_noise2void_from_one_noisy_image_raises_psnr(n2v_run, cells):
     assert after > before + 4, (before, after)
     report = events[-1].payload["report"]
     assert report["stopped"] == "finished" and report["kept"] == "the averaged weights"
-    assert d.training["mode"] == "n2v" and d.training["steps_total"] == 120
+    assert d.training["mode"] == "n2v" and d.training["steps_total"] == 100
 
 
 def test_previews_show_the_asked_region_in_the_inputs_units(n2v_run):
@@ -90,7 +101,7 @@ def test_model_file_round_trip_and_registry(n2v_run, tmp_path):
 def test_noise2noise_from_pairs_and_from_frames(cells):
     clean, (a, b) = cells
     d = Denoiser("n2n", **TINY)
-    list(train_denoiser(d, a, pairs=b, settings=settings()))
+    list(train_denoiser(d, a, pairs=b, settings=settings(steps=80)))
     assert psnr(clean, d.denoise(a)) > psnr(clean, a) + 5
     # A stack of 4 repeated frames trains the same way; the result keeps the frame's layout.
     stack = np.stack([add_noise(clean, np.random.default_rng(k), gaussian=SIGMA) for k in range(4)])
@@ -103,7 +114,7 @@ def test_noise2noise_from_pairs_and_from_frames(cells):
 def test_supervised_from_clean_targets(cells):
     clean, (a, _) = cells
     d = Denoiser("supervised", **TINY)
-    list(train_denoiser(d, a, targets=clean, settings=settings()))
+    list(train_denoiser(d, a, targets=clean, settings=settings(steps=80)))
     assert psnr(clean, d.denoise(a)) > psnr(clean, a) + 6
 
 

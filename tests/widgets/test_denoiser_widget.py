@@ -19,6 +19,20 @@ def counts(x):
     return (x * UNITS[0] + UNITS[1]).astype(np.float32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: one thread is as fast, and far faster on a busy shared machine."""
+    from napari_dlvision.widgets.torch_import import import_torch
+
+    import_torch()
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cells():
     return noisy_cells((96, 96), 0.15, n=2, seed=2)

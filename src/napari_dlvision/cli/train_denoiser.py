@@ -40,6 +40,8 @@ def add_arguments(p):
                    help="Noise2Void: share of pixels hidden per patch (default 0.1)")
     p.add_argument("--channels", choices=["independent", "joint"], default="independent",
                    help="Noise2Void on multi-channel images: mask channels independently or jointly")
+    p.add_argument("--no-tta", action="store_true",
+                   help="predict in one pass instead of averaging 8 flips and rotations (8x faster, a little noisier)")
     training_options(p, steps=400)
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the image holding channels (default: guessed from the shapes)")
@@ -138,6 +140,7 @@ def run(args):
             raise UserInputError(f"{args.init} was trained with {model.title}; continue it the same way")
     images, extra, axis = read_noisy(files, matched, args.channel_axis, args.frames, model)
     denoiser = model or Denoiser(mode, args.preset, device=args.device)
+    denoiser.tta = not args.no_tta
     settings = DenoiseSettings(steps=args.steps, patch_size=args.patch_size, batch_size=args.batch_size,
                                channels=args.channels, device=args.device, time_limit=args.time_limit,
                                seed=args.seed)

@@ -73,7 +73,9 @@ class Denoiser:
         self.spacing = None
         self.training: dict = {}
         self.metrics: dict = {}
-        self.tta = False  # average over flips and rotations when predicting (8x the time)
+        # Average the results for 8 flips and rotations of the image when predicting:
+        # about +0.5 dB for Noise2Void, for 8 times the prediction time.
+        self.tta = True
 
     @property
     def title(self) -> str:

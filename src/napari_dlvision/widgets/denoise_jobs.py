@@ -89,10 +89,12 @@ def predict_job(model, data, layout: Layout):
     for n, t in enumerate(frames):
         image = np.asarray(data if t is None else data[t])
         for ev in model.iter_predict_outputs(image, layout.frame_axis()):
-            if ev.stage == "predicting":
+            if ev.stage != "predicting":
+                continue
+            block = None
+            if ev.payload is not None:  # a finished block (all at the end when averaging flips)
                 core = ev.payload["block"]
-                values = ev.payload["denoised"][(slice(None),) + core]
-                done = n * ev.total + ev.done
-                yield Progress("predicting", done, ev.total * len(frames), "Denoising…",
-                               payload=layout.block(core, values, t))
+                block = layout.block(core, ev.payload["denoised"][(slice(None),) + core], t)
+            fraction = (n + ev.done / ev.total) / len(frames)
+            yield Progress("predicting", int(round(1000 * fraction)), 1000, "Denoising…", payload=block)
     yield Progress("done", 1, 1, None)

@@ -43,6 +43,7 @@ FIELDS = [
           tooltip="Refresh the denoised preview of the region on screen every N steps"),
 ]
 REFRESH_S = 0.15  # redraw the output layer at most this often while predicting
+PREVIEW_EDGE = 768  # previews cover at most this many pixels per axis of the region on screen
 
 
 def is_input(layer) -> bool:
@@ -72,6 +73,10 @@ class DenoiserWidget(ModelWidget):
         self.side_by_side = QCheckBox("Show the result beside the input (grid)")
         self.side_by_side.setChecked(True)
         form.addRow("", self.side_by_side)
+        self.tta_check = QCheckBox("Average 8 flips and rotations (8x slower)")
+        self.tta_check.setToolTip("When denoising a whole layer or folder: a little less noise, 8 times the time")
+        self.tta_check.setChecked(True)
+        form.addRow("", self.tta_check)
         lay.addLayout(form)
         self.settings_form = SettingsForm("Training", FIELDS)
         lay.addWidget(self.settings_form)
@@ -170,7 +175,11 @@ class DenoiserWidget(ModelWidget):
         if layer not in self.viewer.layers:
             return
         box = visible_box(self.viewer, layer, spatial_shape(layer))
-        view["box"] = layout.spatial_box(box, view["ndim"])
+        spatial = layout.spatial_box(box, view["ndim"])
+        if spatial is not None:  # zoomed far out: the middle of the view, so previews stay quick
+            spatial = tuple((max(a, (a + b) // 2 - PREVIEW_EDGE // 2), min(b, (a + b) // 2 + PREVIEW_EDGE // 2))
+                            for a, b in spatial)
+        view["box"] = spatial
         if layout.frames and box is not None:
             view["acquisition"] = box[0][0]
 
@@ -240,6 +249,7 @@ class DenoiserWidget(ModelWidget):
             self.model.check_shape(shape, layout.frame_axis())
         except UserInputError as e:
             return self.error(str(e))
+        self.model.tta = self.tta_check.isChecked()
         self._begin_output(image)
         self._last_refresh = 0.0
         return self.start(predict_job(self.model, data, layout), self._on_predict_event, self._on_predict_end,
@@ -247,9 +257,9 @@ class DenoiserWidget(ModelWidget):
 
     def _on_predict_event(self, ev, job):
         self.panel.show_progress(ev)
-        if ev.stage == "predicting":
+        if ev.stage == "predicting" and ev.payload is not None:
             now = time.perf_counter()
-            refresh = ev.done == ev.total or now - self._last_refresh > REFRESH_S
+            refresh = now - self._last_refresh > REFRESH_S
             self._write(job.context["image"], ev.payload, refresh)
             if refresh:
                 self._last_refresh = now
@@ -265,10 +275,13 @@ class DenoiserWidget(ModelWidget):
     _last_refresh = 0.0
 
     def predict_folder(self, in_dir, out_dir):
+        if self.model is not None and not self.runner.busy:
+            self.model.tta = self.tta_check.isChecked()
         return super().predict_folder(in_dir, out_dir, ["denoised"])
 
     def on_model_loaded(self, d, path):
         self.set_mode(d.mode)
+        self.tta_check.setChecked(d.tta)
         self.plot.clear()
         self.say(f"Loaded {path.name}: {d.ndim}D {d.title} denoiser for {d.n_channels}-channel images, "
                  f"trained {d.training.get('steps_total', '?')} steps.")
