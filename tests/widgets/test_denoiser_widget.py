@@ -155,3 +155,32 @@ def test_bad_input_gives_one_message(qtbot, widget, errors_shown):
     assert widget.model is None
     widget.predict_layer(viewer.layers["noisy"])
     assert "train or load a denoiser first" in widget.last_error
+
+
+def test_channels_first_and_a_stack_of_frames(qtbot, widget, cells):
+    """A (C, Y, X) layer trains on its channels; a (T, Y, X) stack trains Noise2Noise on its frames."""
+    clean, (a, b) = cells
+    viewer = widget.viewer
+    widget.settings_form.set_value("steps", 5)
+    widget.tta_check.setChecked(False)
+    viewer.add_image(counts(np.stack([a, b, a[::-1]])), name="three channels")
+    widget.noisy_picker.value = viewer.layers["three channels"]
+    widget.axis_combo.setCurrentText("channels")
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.model.n_channels == 3 and widget.model.ndim == 2
+    assert viewer.layers["three channels denoised"].data.shape == (3, 96, 96)
+
+    viewer.add_image(counts(np.stack([a, b, a])), name="frames")
+    widget.noisy_picker.value = viewer.layers["frames"]
+    widget.axis_combo.setCurrentText("repeated frames (Noise2Noise)")
+    widget.train()  # still Noise2Void: refused
+    assert "Noise2Noise" in widget.last_error
+    widget.mode_combo.setCurrentText(next(k for k, v in MODES.items() if v == "n2n"))
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.model.mode == "n2n" and widget.model.n_channels == 1
+    out = viewer.layers["frames denoised"].data
+    assert out.shape == (3, 96, 96) and np.all(out.std(axis=(1, 2)) > 0)  # every frame denoised

@@ -33,7 +33,7 @@ FIELDS = [
     Field("steps", "Steps", 400, 1, 1_000_000, 100),
     Field("patch_size", "Patch size", 64, 8, 1024, 16, tooltip="clipped to the image; 3D images: try 32"),
     Field("batch_size", "Batch size", 0, 0, 256, special="auto (from free memory)"),
-    Field("lr", "Learning rate", 2e-3, 1e-5, 1.0, 1e-3),
+    Field("lr", "Learning rate", 8e-3, 1e-5, 1.0, 1e-3),
     Field("masked_fraction", "Masked pixels (N2V)", 0.1, 0.0005, 0.25, 0.01, decimals=4,
           tooltip="Noise2Void: share of pixels hidden from the network in each patch"),
     Field("channels", "Channels masked (N2V)", "independent", choices=("independent", "joint"),
@@ -153,7 +153,7 @@ class DenoiserWidget(ModelWidget):
                 other = other.data
             elif layout.frames:
                 raise UserInputError("a stack of repeated frames trains Noise2Noise: pick that mode")
-            if spacing is not None and layout.frames:
+            if spacing is not None and (layout.frames or layout.axis == 0):  # the first axis is not space
                 spacing = spacing[1:] if len(set(spacing[1:])) > 1 else None
             settings = self.settings()
         except UserInputError as e:
@@ -222,8 +222,9 @@ class DenoiserWidget(ModelWidget):
             kw["colormap"] = layer.colormap.name
         out = show_output(self.viewer, self.output_name(layer), np.zeros(shape, np.float32), "image", like=layer,
                           update=False, **kw)
-        if self.side_by_side.isChecked():
+        if self.side_by_side.isChecked() and not self.viewer.grid.enabled:
             self.viewer.grid.enabled = True
+            self.viewer.reset_view()  # frame both images
         return out
 
     def _write(self, layer, block, refresh: bool):
