@@ -190,7 +190,8 @@ def main(argv=None):
     methods = [m for m in args.methods.split(",") if m]
     results = []
     images = [i for i in args.images.split(",") if i]
-    if all(load_clean(i) is None for i in images if i != "synthetic"):
+    real = [i for i in images if i != "synthetic"]
+    if real and all(load_clean(i) is None for i in real):
         print(f"no data under {data_root()}: using the synthetic image (set DLVISION_DATA)")
         images = ["synthetic"]
     import torch
