@@ -49,5 +49,19 @@ def test_manifest_is_valid():
     manifest = PluginManifest.from_distribution("napari-dlvision")
     assert {w.display_name for w in manifest.contributions.widgets} == {
         "Pixel classifier (random forest)", "Deep pixel classifier (U-Net)", "Image classifier",
-        "Object detector (boxes)"}
-    assert {s.key for s in manifest.contributions.sample_data} >= {"nuclei-2d", "nuclei-3d", "coins", "cell"}
+        "Object detector (boxes)", "Denoiser (Noise2Void, Noise2Noise, supervised)"}
+    assert {s.key for s in manifest.contributions.sample_data} >= {"nuclei-2d", "nuclei-3d", "coins", "cell", "noisy-cells"}
+
+
+def test_denoiser_widget_docked_does_not_import_torch():
+    r = _run(
+        "import sys, napari\n"
+        "v = napari.Viewer(show=False)\n"
+        "v.open_sample('napari-dlvision', 'noisy-cells')\n"
+        "v.window.add_plugin_dock_widget('napari-dlvision', 'Denoiser (Noise2Void, Noise2Noise, supervised)')\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(len(v.layers))\n"
+        "v.close()\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("3")

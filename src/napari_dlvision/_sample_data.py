@@ -44,3 +44,18 @@ def cell():
     from skimage import data
 
     return [(data.cell(), {"name": "cell"}, "image")]
+
+
+def noisy_cells():
+    """Two independent noisy acquisitions of synthetic cells (camera counts) and the clean image."""
+    import numpy as np
+
+    from .data.noisy import noisy_cells as make
+
+    clean, (a, b) = make((256, 256), sigma=0.15, n=2, seed=7)
+    counts = lambda x: np.clip(x * 1000 + 100, 0, None).astype(np.float32)  # noqa: E731
+    return [
+        (counts(a), {"name": "noisy cells"}, "image"),
+        (counts(b), {"name": "noisy cells (second acquisition)", "visible": False}, "image"),
+        (counts(clean), {"name": "cells (clean)", "visible": False}, "image"),
+    ]

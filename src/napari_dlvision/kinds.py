@@ -66,6 +66,10 @@ register(Kind(
     "object-detector", "detector", BOXES, "Object detector (boxes)",
     "napari_dlvision.dl.detector:Detector", "napari_dlvision.cli.train_detector", uses_torch=True,
 ))
+register(Kind(
+    "denoiser", "denoiser", IMAGE_TO_IMAGE, "Denoiser (Noise2Void, Noise2Noise, supervised)",
+    "napari_dlvision.dl.denoise:Denoiser", "napari_dlvision.cli.train_denoiser", uses_torch=True,
+))
 
 
 def get(name) -> Kind:
