@@ -88,7 +88,7 @@ def test_stop_keeps_a_model_continue_resumes_save_load_and_apply(qtbot, widget, 
     wait_idle(qtbot, widget)
     assert widget.model is not None and widget.last_error is None
     stopped_at = widget.model.training["steps_total"]
-    assert 3 <= stopped_at < 5000 and widget.model.training["kept"] == "the averaged weights"
+    assert 3 <= stopped_at < 5000 and widget.model.training["kept"] == "the averaged weights, as previewed"
     assert widget.status.text().startswith("Training stopped after")
     widget.settings_form.set_value("steps", 5)
     qtbot.mouseClick(widget.continue_btn, Qt.MouseButton.LeftButton)

@@ -303,7 +303,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             kept = f"the best validation weights (step {best['step']})"
         elif averaged is not None and step > 0:
             net.load_state_dict(averaged.module.state_dict())
-            kept = "the averaged weights"
+            kept = "the averaged weights, as previewed"
         else:
             kept = "the last weights"
         net.eval()
