@@ -22,6 +22,8 @@ bench: setup
 	$(BIN)/python bench/bench_pixel_classifier.py
 	$(BIN)/python bench/bench_unet.py
 	$(BIN)/python bench/bench_classifier.py
+	$(BIN)/python bench/bench_detector.py
+	$(BIN)/python bench/bench_denoise.py --quick
 
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -69,7 +69,9 @@ def test_draw_train_review_accept_evaluate(qtbot, drawn, scene, tmp_path):
 
     # The threshold slider filters the shown boxes without running the network.
     w.review.threshold.setValue(5)
-    qtbot.waitUntil(lambda: out.nshapes > 0, timeout=5000)
+    # The slider is debounced: wait for its refresh, not for boxes (some are shown at 0.3 already).
+    qtbot.waitUntil(lambda: "score >= 0.05" in w.status.text(), timeout=5000)
+    assert out.nshapes > 0
     assert set(out.features["class"]) == {"object"} and out.features["score"].min() >= 0.05
     many, scores = out.nshapes, out.features["score"].to_numpy()
     w.review.threshold.setValue(60)
