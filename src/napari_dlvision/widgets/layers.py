@@ -103,13 +103,19 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
     kw.setdefault("name", key)
     kw["metadata"] = {**kw.get("metadata", {}), OUTPUT_TAG: key}
     after = {k: kw.pop(k) for k in ("contour",) if k in kw}  # properties the constructor lacks
-    add = {"labels": viewer.add_labels, "image": viewer.add_image, "shapes": viewer.add_shapes}[layer_type]
-    layer = add(data, **kw)
+    from napari import layers as napari_layers
+
+    cls = {"labels": napari_layers.Labels, "image": napari_layers.Image, "shapes": napari_layers.Shapes}[layer_type]
+    layer = cls(data, **kw)
     for k, v in after.items():
         setattr(layer, k, v)
-    if keep_selected is not None and keep_selected in viewer.layers:
-        viewer.layers.move(viewer.layers.index(keep_selected), len(viewer.layers))
-        viewer.layers.selection.active = keep_selected
+    keep = keep_selected if keep_selected is not None and keep_selected in viewer.layers else None
+    # Straight below the annotation layer, which is selected again: no move
+    # afterwards. Adding a layer is napari's most expensive step on the main
+    # thread (0.1-0.3 s here), so each saved event counts.
+    viewer.layers.insert(viewer.layers.index(keep) if keep is not None else len(viewer.layers), layer)
+    if keep is not None:
+        viewer.layers.selection.active = keep
     return layer
 
 
