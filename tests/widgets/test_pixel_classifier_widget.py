@@ -44,9 +44,9 @@ def test_readme_path_sample_first_then_dock_then_live_update(qtbot, make_napari_
     row = inside[len(inside) // 2][0]
     brush_stroke(labels, [p for p in inside if p[0] == row], 2)
     qtbot.waitUntil(lambda: w.class_table.count(2) > before, timeout=5_000)  # counts follow the brush
-    qtbot.waitUntil(lambda: "nuclei seg" in viewer.layers, timeout=60_000)  # live update retrained
+    qtbot.waitUntil(lambda: "nuclei segmentation" in viewer.layers, timeout=60_000)  # live update retrained
     wait_idle(qtbot, w)
-    seg = viewer.layers["nuclei seg"]
+    seg = viewer.layers["nuclei segmentation"]
     assert iou(seg.data == NUCLEUS, gt > 0) > 0.85
     assert viewer.layers.selection.active is labels  # painting goes on where it was
     order = list(viewer.layers)
@@ -62,7 +62,7 @@ def test_first_stroke_with_live_update_is_a_quiet_status(qtbot, widget, errors_s
     qtbot.waitUntil(lambda: "only class 1" in widget.status.text(), timeout=10_000)
     assert errors_shown == []  # no red toast while painting
     brush_stroke(labels, [(120, x) for x in range(100, 120)], 2)
-    qtbot.waitUntil(lambda: "nuclei seg" in widget.viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: "nuclei segmentation" in widget.viewer.layers, timeout=60_000)
     wait_idle(qtbot, widget)
     assert errors_shown == []
     widget.live_check.setChecked(False)
@@ -100,7 +100,7 @@ def test_paint_train_and_default_outputs(qtbot, widget, sample2d):
     viewer = widget.viewer
     # By default two layers: the segmentation and its instances, with short names.
     assert len(viewer.layers) == n_before + 2
-    seg, inst = viewer.layers["nuclei seg"], viewer.layers["nuclei instances"]
+    seg, inst = viewer.layers["nuclei segmentation"], viewer.layers["nuclei instances"]
     assert iou(seg.data == NUCLEUS, sample2d.foreground) > 0.9
     assert instance_f1(inst.data, sample2d.instances) > 0.75
     assert seg.colormap.map(1)[3] == 0  # the background class is transparent
@@ -126,11 +126,11 @@ def test_outputs_update_in_place(qtbot, widget, sample2d):
     widget.train()
     wait_idle(qtbot, widget)
     n_layers = len(widget.viewer.layers)
-    seg_layer = widget.viewer.layers["nuclei seg"]
+    seg_layer = widget.viewer.layers["nuclei segmentation"]
     widget.train()
     wait_idle(qtbot, widget)
     assert len(widget.viewer.layers) == n_layers
-    assert widget.viewer.layers["nuclei seg"] is seg_layer
+    assert widget.viewer.layers["nuclei segmentation"] is seg_layer
 
 
 def test_live_update_retrains_after_each_stroke(qtbot, widget, sample2d):
@@ -140,14 +140,14 @@ def test_live_update_retrains_after_each_stroke(qtbot, widget, sample2d):
     bg = np.argwhere(sample2d.scribbles == 1)
     brush_stroke(labels, bg[:3], 1)
     brush_stroke(labels, fg[:3], 2)
-    qtbot.waitUntil(lambda: "nuclei seg" in widget.viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: "nuclei segmentation" in widget.viewer.layers, timeout=60_000)
     wait_idle(qtbot, widget)
     first = widget.classifier
     paint_scribbles(labels, sample2d.scribbles, step=5)
     qtbot.waitUntil(lambda: widget.classifier is not first and not widget.runner.busy, timeout=60_000)
     wait_idle(qtbot, widget)
     assert sum(widget.classifier.training["pixels_per_class"].values()) > 6
-    assert iou(widget.viewer.layers["nuclei seg"].data == NUCLEUS, sample2d.foreground) > 0.85
+    assert iou(widget.viewer.layers["nuclei segmentation"].data == NUCLEUS, sample2d.foreground) > 0.85
 
 
 def test_stop_ends_cleanly_and_training_works_again(qtbot, make_napari_viewer):
@@ -220,7 +220,7 @@ def test_save_load_apply_to_layer_and_folder(qtbot, widget, sample2d, tmp_path):
     wait_idle(qtbot, other)
     assert other.last_error is None, other.last_error
     assert other.status.text().startswith("Predicted crop")
-    np.testing.assert_array_equal(widget.viewer.layers["crop seg"].data,
+    np.testing.assert_array_equal(widget.viewer.layers["crop segmentation"].data,
                                   widget.classifier.predict(sample2d.image[:128, :160]))
 
     (tmp_path / "in").mkdir()
@@ -259,13 +259,13 @@ def test_model_for_rgb_refuses_grey_layer(qtbot, widget, sample2d):
 
 def test_user_layers_are_never_overwritten(qtbot, widget, sample2d):
     viewer = widget.viewer
-    mine = viewer.add_labels(sample2d.scribbles.copy(), name="nuclei seg")
+    mine = viewer.add_labels(sample2d.scribbles.copy(), name="nuclei segmentation")
     widget.labels_combo.value = mine  # the user corrects last run's result by hand
     widget.train()
     wait_idle(qtbot, widget)
     assert widget.last_error is None, widget.last_error
     np.testing.assert_array_equal(mine.data, sample2d.scribbles)
-    ours = [la for la in viewer.layers if la.metadata.get("napari_dlvision_output") == "nuclei seg"]
+    ours = [la for la in viewer.layers if la.metadata.get("napari_dlvision_output") == "nuclei segmentation"]
     assert len(ours) == 1 and ours[0] is not mine
 
 
@@ -288,13 +288,13 @@ def test_closing_the_widget_lets_go_of_the_viewer(qtbot, make_napari_viewer, sam
     w.live_check.setChecked(True)
     qtbot.waitUntil(lambda: "nuclei instances" in viewer.layers, timeout=60_000)
     wait_idle(qtbot, w)
-    viewer.layers.remove("nuclei seg")
+    viewer.layers.remove("nuclei segmentation")
     viewer.layers.remove("nuclei instances")
     viewer.window.remove_dock_widget(dock)
     assert w._closed
     brush_stroke(labels, [(10, 10), (10, 11)], 2)
     viewer.add_image(sample2d.image, name="later")  # pickers no longer listen
     qtbot.wait(400)
-    assert not w.runner.busy and "nuclei seg" not in viewer.layers
+    assert not w.runner.busy and "nuclei segmentation" not in viewer.layers
     assert w.image_combo.count() == 1
     assert isinstance(labels, Labels)

@@ -39,14 +39,14 @@ def test_forest_then_unet_in_one_viewer_never_freeze_it(qtbot, make_napari_viewe
     beat = Heartbeat()
     forest.train()
     wait_idle(qtbot, forest)
-    assert forest.last_error is None and "nuclei seg" in viewer.layers
+    assert forest.last_error is None and "nuclei segmentation" in viewer.layers
     unet = UNetWidget(viewer)
     viewer.window.add_dock_widget(unet)
     unet.settings_form.set_value("steps", 30)
     unet.settings_form.set_value("preview_every", 10)
     unet.settings_form.set_value("batch_size", 4)
     unet.train()
-    qtbot.waitUntil(lambda: "nuclei seg (U-Net)" in viewer.layers, timeout=300_000)
+    qtbot.waitUntil(lambda: "nuclei segmentation (U-Net)" in viewer.layers, timeout=300_000)
     wait_idle(qtbot, unet)
     beat.timer.stop()
     assert unet.last_error is None and unet.model is not None

@@ -45,7 +45,7 @@ def test_train_previews_then_final_prediction(qtbot, widget, small):
     assert widget.labels_combo.value is viewer.layers["cells annotations"]
     qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
     # Preview layers appear while training runs.
-    qtbot.waitUntil(lambda: "cells seg (U-Net)" in viewer.layers, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: "cells segmentation (U-Net)" in viewer.layers, timeout=TIMEOUT_MS)
     wait_idle(qtbot, widget)  # training, then the final prediction job
     qtbot.waitUntil(lambda: "cells instances (U-Net)" in viewer.layers, timeout=TIMEOUT_MS)
     wait_idle(qtbot, widget)
@@ -53,7 +53,7 @@ def test_train_previews_then_final_prediction(qtbot, widget, small):
     assert len(widget.plot.loss) == 120 and widget.plot.last_step == 120
     assert widget.status.text().startswith("Training finished after 120 steps")
     assert "Predicted cells" in widget.status.text()
-    seg = viewer.layers["cells seg (U-Net)"].data
+    seg = viewer.layers["cells segmentation (U-Net)"].data
     assert iou(seg == NUCLEUS, small.foreground) > 0.6
     np.testing.assert_array_equal(viewer.layers["cells annotations"].data, small.scribbles)
     assert viewer.layers.selection.active is viewer.layers["cells annotations"]

@@ -68,7 +68,7 @@ class PixelOutputs(QWidget):
         names = t["names"] + [f"class {k}" for k in range(len(t["names"]) + 1, n_classes + 1)]
         dtype = np.uint8 if n_classes < 255 else np.uint16
         layers = {"segmentation": show_output(
-            self.viewer, self.name(image, "seg"), np.zeros(shape, dtype), "labels", like=image, keep_selected=ann,
+            self.viewer, self.name(image, "segmentation"), np.zeros(shape, dtype), "labels", like=image, keep_selected=ann,
             update=False, colormap=class_colormap(ann, n_classes, background_classes(names)), opacity=SEG_OPACITY)}
         if "probabilities" in t["wanted"]:
             for k in range(n_classes):
