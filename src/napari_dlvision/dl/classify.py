@@ -177,15 +177,13 @@ class ImageClassifier:
         }
 
     def save(self, path) -> Path:
-        from .weights import state_dict_to_bytes
+        from .weights import save_model_with_weights
 
-        if self.net is None:
-            raise UserInputError("train the classifier before saving it")
-        return modelfile.save(path, self.metadata(), {}, extra={"weights.pt": state_dict_to_bytes(self.net)})
+        return save_model_with_weights(path, self, "classifier")
 
     @classmethod
     def load(cls, path, device: str = "auto") -> ImageClassifier:
-        from .weights import state_dict_from_bytes
+        from .weights import load_weights_into
 
         meta, _, extra = modelfile.load(path, kinds=(KIND,))
         field, numbers = modelfile.field, modelfile.number_list
@@ -206,15 +204,7 @@ class ImageClassifier:
             raise
         except (KeyError, TypeError, ValueError, UserInputError) as e:
             raise ModelFileError(f"{path} is a damaged image classifier ({e})") from None
-        if "weights.pt" not in extra:
-            raise ModelFileError(f"{path} is a damaged image classifier (no weights.pt inside)")
-        state = state_dict_from_bytes(extra["weights.pt"], path)
-        try:
-            self.net.load_state_dict(state, strict=True)
-        except (RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelFileError(f"{path}: weights.pt does not fit the architecture ({first})") from None
-        self.net.eval()
+        load_weights_into(self.net, extra, path, "image classifier")
         return self
 
     def describe(self) -> str:

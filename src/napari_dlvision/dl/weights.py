@@ -82,3 +82,27 @@ def state_dict_to_bytes(module_or_state) -> bytes:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, buf)
     return buf.getvalue()
+
+
+def save_model_with_weights(path, model, what: str):
+    """A model file holding `model.metadata()` and `model.net`'s weights; `what` names it in the error."""
+    from ..core import modelfile
+    from ..core.errors import UserInputError
+
+    if model.net is None:
+        raise UserInputError(f"train the {what} before saving it")
+    return modelfile.save(path, model.metadata(), {}, extra={"weights.pt": state_dict_to_bytes(model.net)})
+
+
+def load_weights_into(net, extra: dict, path, what: str):
+    """Put the file's `weights.pt` into `net` (built from the checked metadata), in eval mode."""
+    if "weights.pt" not in extra:
+        raise ModelFileError(f"{path} is a damaged {what} (no weights.pt inside)")
+    state = state_dict_from_bytes(extra["weights.pt"], path)
+    try:
+        net.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(f"{path}: weights.pt does not fit the architecture ({first})") from None
+    net.eval()
+    return net

@@ -96,6 +96,16 @@ class ModelWidget(QWidget):
                 on_end(job)
         return end
 
+    def training_ended(self, training: dict, image):
+        """Say how training ended and which weights were kept, then predict `image` with them."""
+        how = {"stopped": "stopped", "time limit": "reached its time limit", "diverged": "diverged"}.get(
+            training.get("stopped"), training.get("stopped", "ended"))
+        note = (f"Training {how} after {training.get('steps')} steps in {training.get('seconds')} s; "
+                f"kept {training.get('kept')}. ")
+        self.say(note)
+        if image is not None and image in self.viewer.layers:
+            self.runner.then(lambda: self.predict_layer(image, note))
+
     def stop(self):
         if self.runner.busy:
             self.say("Stopping…")

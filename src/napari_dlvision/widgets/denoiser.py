@@ -203,13 +203,7 @@ class DenoiserWidget(ModelWidget):
             self.say("Stopped before the first training step ended: no denoiser was kept.")
             return
         self.model = d  # the kept weights are in it now
-        how = {"stopped": "stopped", "time limit": "reached its time limit", "diverged": "diverged"}.get(
-            t.get("stopped"), t.get("stopped", "ended"))
-        note = f"Training {how} after {t.get('steps')} steps in {t.get('seconds')} s; kept {t.get('kept')}. "
-        self.say(note)
-        image = job.context["image"]
-        if image in self.viewer.layers:
-            self.runner.then(lambda: self.predict_layer(image, note))
+        self.training_ended(t, job.context["image"])
 
     # -- output layer -----------------------------------------------------------
     def output_name(self, layer) -> str:

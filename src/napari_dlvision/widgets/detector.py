@@ -224,13 +224,7 @@ class DetectorWidget(ModelWidget):
         self.model = det
         self.class_table.set_names(det.class_names + self.class_table.names()[len(det.class_names):])
         t = det.training
-        how = {"stopped": "stopped", "time limit": "reached its time limit", "diverged": "diverged"}.get(
-            t.get("stopped"), t.get("stopped", "ended"))
-        note = f"Training {how} after {t.get('steps')} steps in {t.get('seconds')} s; kept {t.get('kept')}. "
-        self.say(note)
-        image = job.context["image"]
-        if image in self.viewer.layers:
-            self.runner.then(lambda: self.predict_layer(image, note))
+        self.training_ended(t, job.context["image"])
 
     # -- prediction and review ---------------------------------------------------------
     def _key(self, image) -> str:

@@ -202,13 +202,7 @@ class UNetWidget(ModelWidget):
             return
         self.model = seg  # the kept weights are in it now
         t = seg.training
-        how = {"stopped": "stopped", "time limit": "reached its time limit", "diverged": "diverged"}.get(
-            t.get("stopped"), t.get("stopped", "ended"))
-        note = f"Training {how} after {t.get('steps')} steps in {t.get('seconds')} s; kept {t.get('kept')}. "
-        self.say(note)
-        image = job.context["image"]
-        if image is not None and image in self.viewer.layers:
-            self.runner.then(lambda: self.predict_layer(image, note))
+        self.training_ended(t, job.context["image"])
 
     def predict_layer(self, image: Image | None, note: str = ""):
         if self.busy():
