@@ -213,3 +213,26 @@ def test_an_instance_mask_as_strokes_is_refused(train2d):
     many = (np.arange(128 * 128).reshape(128, 128) // 97 % 300).astype(np.uint16)  # 169 "classes"
     with pytest.raises(UserInputError, match="instance mask"):
         next(train_unet(UNetSegmenter(), train2d.image, many, TrainSettings(**QUICK)))
+
+
+def test_forest_teacher_labels_confident_unlabelled_pixels_and_strokes_win(train2d):
+    from napari_dlvision.dl.pixel_train import forest_teacher, teacher_loss
+
+    (q,) = forest_teacher(train2d.image, train2d.scribbles, 3)
+    assert q.shape == (3, 128, 128) and q.dtype == np.uint8
+    assert (q[2] == 0).all()  # a class nobody painted is never a target
+    sure = q[:2].max(0) > 0.8 * 255
+    assert (sure & (train2d.scribbles == 0)).mean() > 0.5  # the forest is sure of most unlabelled pixels
+    agree = np.argmax(q[:2], 0)[sure] + 1 == (train2d.instances[sure] > 0) + 1
+    assert agree.mean() > 0.9
+
+    logits = torch.zeros(1, 2, 4, 4, requires_grad=True)
+    soft = torch.full((1, 2, 4, 4), 0, dtype=torch.uint8)
+    soft[:, 1] = 255
+    unlabelled = torch.full((1, 4, 4), IGNORE)
+    assert teacher_loss(logits, unlabelled, soft, 0.8).item() == pytest.approx(np.log(2))
+    painted = torch.ones((1, 4, 4), dtype=torch.int64)  # strokes everywhere: the teacher has no say
+    loss = teacher_loss(logits, painted, soft, 0.8)
+    assert loss.item() == 0 and loss.requires_grad
+    with pytest.raises(UserInputError, match="teacher"):
+        TrainSettings(teacher="svm").check()
