@@ -86,7 +86,9 @@ def kind_of(path) -> Kind:
     from .core.errors import ModelFileError
     from .core.modelfile import read_metadata
 
-    meta = read_metadata(path)
+    # Naming the known kinds makes a file of another kind fail on its kind,
+    # before fields that kind may not have.
+    meta = read_metadata(path, kinds=tuple(KINDS))
     try:
         return get(meta.get("kind"))
     except ModelFileError as e:
