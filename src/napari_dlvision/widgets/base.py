@@ -106,6 +106,18 @@ class ModelWidget(QWidget):
         if image is not None and image in self.viewer.layers:
             self.runner.then(lambda: self.predict_layer(image, note))
 
+    def model_input(self, image, what: str):
+        """(data, channel axis, spacing) of `image`, checked against the model; else UserInputError."""
+        from .layers import image_input
+
+        if self.model is None:
+            raise UserInputError(f"train or load a {what} first")
+        if image is None:
+            raise UserInputError("choose an image layer to predict")
+        data, axis, spacing = image_input(image)
+        self.model.check_shape(data.shape, axis)
+        return data, axis, spacing
+
     def stop(self):
         if self.runner.busy:
             self.say("Stopping…")

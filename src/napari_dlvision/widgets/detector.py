@@ -237,12 +237,7 @@ class DetectorWidget(ModelWidget):
         if self.busy():
             return None
         try:
-            if self.model is None:
-                raise UserInputError("train or load a detector first")
-            if image is None:
-                raise UserInputError("choose an image layer to predict")
-            data, axis, _ = image_input(image)
-            self.model.check_shape(data.shape, axis)
+            data, axis, _ = self.model_input(image, "detector")
         except UserInputError as e:
             return self.error(str(e))
 

@@ -208,12 +208,7 @@ class UNetWidget(ModelWidget):
         if self.busy():
             return None
         try:
-            if self.model is None:
-                raise UserInputError("train or load a U-Net first")
-            if image is None:
-                raise UserInputError("choose an image layer to predict")
-            data, axis, spacing = image_input(image)
-            self.model.check_shape(data.shape, axis)
+            data, axis, spacing = self.model_input(image, "U-Net")
             gen = self.model.iter_predict_outputs(data, axis, spacing, self.outputs.wanted())
         except UserInputError as e:
             return self.error(str(e))
