@@ -67,3 +67,20 @@ def warp(a: np.ndarray, coords: np.ndarray, ndim: int, order: int) -> np.ndarray
     flat = a.reshape((-1,) + a.shape[-ndim:])
     out = np.stack([ndi.map_coordinates(ch, coords, order=order, mode=mode) for ch in flat])
     return out.reshape(lead + out.shape[1:])
+
+
+def patch_edges(setting, ndim: int, default: int, lo: int = 1) -> tuple[int, ...]:
+    """A patch-size setting (None, one number, or one per axis) as `ndim` checked edges."""
+    from ..core.errors import UserInputError
+
+    if setting is None:
+        setting = default
+    if isinstance(setting, (int, np.integer)) and not isinstance(setting, bool):
+        setting = (int(setting),) * ndim
+    try:
+        setting = tuple(int(s) for s in setting)
+    except (TypeError, ValueError):
+        raise UserInputError(f"patch size {setting!r} is not a whole number per axis") from None
+    if len(setting) != ndim or min(setting) < lo or max(setting) > 4096:
+        raise UserInputError(f"patch size {setting} does not fit {ndim}D images ({lo} to 4096 per axis)")
+    return setting

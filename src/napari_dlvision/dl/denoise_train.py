@@ -27,7 +27,7 @@ import torch
 
 from ..core.errors import UserInputError
 from ..core.images import as_channels_first, check_spacing
-from .augment import Augmentation
+from .augment import Augmentation, patch_edges
 from .blind_spot import blind_spot, check_settings
 from .denoise import Denoiser
 from .devices import free_memory, pick_device
@@ -168,16 +168,7 @@ def _shape(img_cf):
 def patch_shape_for(setting, shapes, ndim: int, multiple: int) -> tuple[int, ...]:
     """Patch edge per axis: the setting, at most the smallest image (no padding,
     which could copy a hidden pixel's value next to it), on the pooling grid."""
-    if setting is None:
-        setting = DEFAULT_PATCH[ndim]
-    if isinstance(setting, (int, np.integer)) and not isinstance(setting, bool):
-        setting = (int(setting),) * ndim
-    try:
-        setting = tuple(int(s) for s in setting)
-    except (TypeError, ValueError):
-        raise UserInputError(f"patch size {setting!r} is not a whole number per axis") from None
-    if len(setting) != ndim or min(setting) < 4 or max(setting) > 4096:
-        raise UserInputError(f"patch size {setting} does not fit {ndim}D images (4 to 4096 per axis)")
+    setting = patch_edges(setting, ndim, DEFAULT_PATCH[ndim], lo=4)
     smallest = np.min(np.array(shapes), axis=0)
     out = []
     for p, n in zip(setting, smallest):

@@ -24,7 +24,7 @@ from ..core.errors import UserInputError
 from ..core.images import as_channels_first, check_spacing
 from ..core.labels import as_label_array, check_classes
 from ..core.metrics import iou
-from .augment import Augmentation
+from .augment import Augmentation, patch_edges
 from .devices import check_fits_in_ram, free_memory, pick_device
 from .loop import FitSettings, fit
 from .segmenter import UNetSegmenter
@@ -155,16 +155,7 @@ def prepare_data(segmenter: UNetSegmenter, images, labels, channel_axis=None):
 
 def patch_shape_for(setting, shapes, ndim: int, multiple: int) -> tuple[int, ...]:
     """Patch edge per axis: the setting, clipped to the largest image, on the pooling grid."""
-    if setting is None:
-        setting = DEFAULT_PATCH[ndim]
-    if isinstance(setting, (int, np.integer)) and not isinstance(setting, bool):
-        setting = (int(setting),) * ndim
-    try:
-        setting = tuple(int(s) for s in setting)
-    except (TypeError, ValueError):
-        raise UserInputError(f"patch size {setting!r} is not a whole number per axis") from None
-    if len(setting) != ndim or min(setting) < 1 or max(setting) > 4096:
-        raise UserInputError(f"patch size {setting} does not fit {ndim}D images")
+    setting = patch_edges(setting, ndim, DEFAULT_PATCH[ndim], lo=1)
     biggest = np.max(np.array(shapes), axis=0)
     out = []
     for p, n in zip(setting, biggest):

@@ -184,11 +184,7 @@ class DenoiserWidget(ModelWidget):
             view["acquisition"] = box[0][0]
 
     def _on_train_event(self, ev, job):
-        offset = job.context["offset"]
-        self.panel.show_progress(ev, step_offset=offset)
-        if ev.stage == "training" and not ev.message:
-            total = f" ({offset + ev.done} in all)" if offset else ""
-            self.say(f"Step {ev.done}/{ev.total}{total}, loss {ev.smoothed_loss:.4g}, {ev.seconds:.0f} s")
+        self.show_training_step(ev, job.context["offset"], ".4g")
         preview = ev.payload.get("preview") if isinstance(ev.payload, dict) else None
         if preview is not None:
             self._write(job.context["image"], preview, refresh=True)

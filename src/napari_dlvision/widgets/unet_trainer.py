@@ -187,11 +187,7 @@ class UNetWidget(ModelWidget):
                           offset=self.plot.last_step if resume else 0)
 
     def _on_train_event(self, ev, job):
-        offset = job.context["offset"]
-        self.panel.show_progress(ev, step_offset=offset)
-        if ev.stage == "training" and not ev.message:
-            total = f" ({offset + ev.done} in all)" if offset else ""
-            self.say(f"Step {ev.done}/{ev.total}{total}, loss {ev.smoothed_loss:.3f}, {ev.seconds:.0f} s")
+        self.show_training_step(ev, job.context["offset"])
         preview = ev.payload.get("preview") if ev.payload else None
         if preview is not None and job.context["image"] is not None:
             self.outputs.write_all(preview)
