@@ -96,3 +96,44 @@ def test_stack_view_and_clear_messages(qtbot, widget, errors_shown):
     wait_idle(qtbot, widget)
     assert "only 'class 1' is labelled" in widget.last_error
     assert widget.model is None
+
+
+def test_stop_mid_run_keeps_a_model_continue_and_filters(qtbot, widget, toy):
+    """Stop pressed during a long run keeps usable weights and predicts; Continue
+    goes on where the curve stopped; the unlabelled and low-confidence filters
+    show what they say."""
+    images, truth, _ = toy
+    qtbot.mouseClick(widget.show_btn, Qt.MouseButton.LeftButton)
+    ann = widget.annotations
+    labelled = []
+    for k in range(3):
+        idx = np.flatnonzero(truth == k)[:6]
+        paint_thumbnails(ann, widget.mosaic, idx, k + 1)
+        labelled += list(idx)
+    widget.settings_form.set_value("epochs", 100_000.0)
+    qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
+    plot = widget.panel.plot
+    qtbot.waitUntil(lambda: len(plot.loss) >= 3, timeout=TIMEOUT_MS)
+    assert widget.panel.stop_btn.isEnabled()
+    qtbot.mouseClick(widget.panel.stop_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.model is not None
+    stopped_at = widget.model.training["steps"]
+    assert widget.status.text().startswith(f"Training stopped after {stopped_at} steps")
+    assert "Predicted 72 images" in widget.status.text()
+    assert not widget.panel.stop_btn.isEnabled()
+
+    widget.settings_form.set_value("epochs", 1.0)
+    qtbot.mouseClick(widget.panel.buttons["Continue training"], Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert plot.last_step > stopped_at  # the curve goes on where it stopped
+
+    widget.filter_bar.combo.setCurrentText("unlabelled")
+    assert set(widget.filter_bar.indices) == set(range(len(truth))) - set(labelled)
+    widget.filter_bar.combo.setCurrentText("low confidence")
+    shown = widget.filter_bar.indices
+    scores = widget.prediction.scores
+    assert set(shown) == set(np.flatnonzero(scores < 0.6))
+    assert np.all(np.diff(scores[shown]) >= 0)  # the least confident first
