@@ -98,10 +98,11 @@ class ModelWidget(QWidget):
 
     def show_training_step(self, ev, offset: int, loss_format: str = ".3f"):
         """Progress, plot and "Step n/N (m in all), loss, seconds" for a training event."""
-        self.panel.show_progress(ev, step_offset=offset)
+        text = None
         if ev.stage == "training" and not ev.message:
             total = f" ({offset + ev.done} in all)" if offset else ""
-            self.say(f"Step {ev.done}/{ev.total}{total}, loss {ev.smoothed_loss:{loss_format}}, {ev.seconds:.0f} s")
+            text = f"Step {ev.done}/{ev.total}{total}, loss {ev.smoothed_loss:{loss_format}}, {ev.seconds:.0f} s"
+        self.panel.show_progress(ev, step_offset=offset, status=text)
 
     def training_ended(self, training: dict, image):
         """Say how training ended and which weights were kept, then predict `image` with them."""

@@ -218,11 +218,12 @@ class ClassifierWidget(ModelWidget):
                           offset=self.panel.plot.last_step if resume else 0)
 
     def _on_train_event(self, ev, job):
-        self.panel.show_progress(ev, step_offset=job.context["offset"])
+        text = None
         if ev.stage == "training" and not ev.message:
             acc = ev.metrics.get("validation accuracy")
-            self.say(f"Step {ev.done}/{ev.total}, loss {ev.smoothed_loss:.3f}"
-                     + ("" if acc is None else f", validation accuracy {acc:.3f}") + f", {ev.seconds:.0f} s")
+            text = (f"Step {ev.done}/{ev.total}, loss {ev.smoothed_loss:.3f}"
+                    + ("" if acc is None else f", validation accuracy {acc:.3f}") + f", {ev.seconds:.0f} s")
+        self.panel.show_progress(ev, step_offset=job.context["offset"], status=text)
         if ev.stage == "done":
             self.confusion.show_evaluation(ev.payload.get("evaluation"))
 

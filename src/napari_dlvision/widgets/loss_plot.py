@@ -42,7 +42,7 @@ class LossPlot(QWidget):
     def last_step(self) -> int:
         return self.steps[-1] if self.steps else 0
 
-    def add(self, step: int, loss: float | None, smoothed: float | None = None, metrics=None):
+    def add(self, step: int, loss: float | None, smoothed: float | None = None, metrics=None, redraw: bool = True):
         if loss is not None and math.isfinite(loss):
             self.steps.append(step)
             self.loss.append(loss)
@@ -51,7 +51,8 @@ class LossPlot(QWidget):
             series = self.metrics.setdefault(name, [])
             if value is not None and math.isfinite(value) and (not series or series[-1] != (step, value)):
                 series.append((step, float(value)))
-        self.update()
+        if redraw:
+            self.update()
 
     def paintEvent(self, _event):
         p = QPainter(self)
