@@ -137,3 +137,26 @@ def test_stop_mid_run_keeps_a_model_continue_and_filters(qtbot, widget, toy):
     scores = widget.prediction.scores
     assert set(shown) == set(np.flatnonzero(scores < 0.6))
     assert np.all(np.diff(scores[shown]) >= 0)  # the least confident first
+
+
+def test_class_folders_opened_from_the_plugin_menu_train_without_strokes(qtbot, make_napari_viewer, tmp_path, toy):
+    """The user's path: the dock opened from the Plugins menu (napari hands it a
+    proxy of the viewer), Open folder… on class folders, Train at once: the
+    folders are the labels."""
+    from napari_dlvision.data.toy_classes import write_class_folders
+
+    images, labels, names = toy
+    write_class_folders(tmp_path, images, labels, names)
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-dlvision", "Image classifier")
+    w.open_folder(tmp_path)
+    wait_idle(qtbot, w)
+    assert w.last_error is None, w.last_error
+    assert w.class_table.count(1) == 24  # the folder's labels are counted
+    w.settings_form.set_value("arch", "logreg")
+    w.settings_form.set_value("epochs", 5.0)
+    qtbot.mouseClick(w.train_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, w)
+    assert w.last_error is None, w.last_error
+    assert "Predicted 72 images" in w.status.text()
+    assert set(w.filter_bar.indices) == set(range(72))  # "all images"

@@ -13,6 +13,7 @@ confusion matrix of the held-out images is drawn in the dock.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ class ClassifierWidget(ModelWidget):
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
-        self.file_labels = {}  # id(stack layer) -> labels known from the folder it came from
+        # stack layer -> labels known from the folder it came from (weak: a deleted layer takes them along)
+        self.file_labels = weakref.WeakKeyDictionary()
         self.stack = self.annotations = self.view_layer = self.mosaic = None
         self.labels = None  # per image: the labels the last training used
         self.prediction: Prediction | None = None
@@ -114,10 +116,12 @@ class ClassifierWidget(ModelWidget):
                 s = ev.payload
                 rgb = s.n_channels == 3
                 layer = self.viewer.add_image(s.images if rgb else s.images[..., 0], rgb=rgb, name=Path(folder).name)
-                self.file_labels[id(layer)] = s.labels
                 if s.class_names:
                     self.class_table.set_names(s.class_names)
                 self.image_picker.value = layer
+                # The picker holds the layer itself; add_image through the viewer
+                # napari hands a plugin returns a proxy of it (another object).
+                self.file_labels[self.image_picker.value] = s.labels
                 self.prepare_view()
                 self.say(f"Opened {s.describe()}." + "".join(f" Note: {n}." for n in s.notices))
 
@@ -175,7 +179,7 @@ class ClassifierWidget(ModelWidget):
     def current_labels(self) -> np.ndarray:
         """Per image: the painted class (0-based) where painted, else the folder's label, else -1."""
         n = self.stack.data.shape[0]
-        known = self.file_labels.get(id(self.stack))
+        known = self.file_labels.get(self.stack)
         labels = np.full(n, -1, np.int64) if known is None else np.array(known)
         painted = labels_from_strokes(np.asarray(self.annotations.data), self.mosaic)
         labels[: len(painted)][painted > 0] = painted[painted > 0] - 1
@@ -212,7 +216,7 @@ class ClassifierWidget(ModelWidget):
             self.panel.plot.clear()
         holder = {"rgb": stack.rgb}
         gen = train_job(holder, self.model if resume else None, self.settings_form.values()["arch"], self.device(),
-                         stack.data, self.file_labels.get(id(stack)), strokes, self.mosaic, self.class_table.names(),
+                         stack.data, self.file_labels.get(stack), strokes, self.mosaic, self.class_table.names(),
                          self.settings())
         return self.start(gen, self._on_train_event, self._on_train_end, holder=holder,
                           offset=self.panel.plot.last_step if resume else 0)
