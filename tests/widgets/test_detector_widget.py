@@ -81,6 +81,20 @@ def test_draw_train_review_accept_evaluate(qtbot, drawn, scene, tmp_path):
     w.review.threshold.setValue(5)
     qtbot.waitUntil(lambda: out.nshapes == many, timeout=5000)
     assert "Showing boxes with score >= 0.05" in w.status.text()
+    # The NMS IoU slider too: a stricter overlap limit never shows more boxes.
+    w.review.nms.setValue(10)
+    qtbot.waitUntil(lambda: "NMS at IoU 0.10" in w.status.text(), timeout=5000)
+    strict = out.nshapes
+    w.review.nms.setValue(90)
+    qtbot.waitUntil(lambda: "NMS at IoU 0.90" in w.status.text(), timeout=5000)
+    assert 0 < strict <= out.nshapes and not w.runner.busy
+    w.review.nms.setValue(50)
+    qtbot.waitUntil(lambda: out.nshapes == many, timeout=5000)
+    # Each box is drawn in its class's colour (the class table's swatch) with its score as text.
+    swatch = w.class_table.colours()[0]
+    np.testing.assert_allclose(out.edge_color, np.tile(swatch, (out.nshapes, 1)), atol=1e-6)
+    shown = [str(t) for t in out.text.view_text(np.arange(out.nshapes))]
+    assert shown == [f"{v:.2f}" for v in out.features["score"]]
 
     # Evaluate against the instance labels the boxes came from.
     gt = viewer.add_labels(scene[0].instances, name="truth")
