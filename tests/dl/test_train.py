@@ -14,13 +14,24 @@ from napari_dlvision.dl.pixel_train import PatchSampler, TrainSettings, train_un
 QUICK = dict(patch_size=32, batch_size=2, seed=0)
 
 
+def past_teacher(gen):
+    """The first event after the forest teacher's (the "start" of training)."""
+    ev = next(gen)
+    while ev.stage == "teacher":
+        ev = next(gen)
+    return ev
+
+
 def test_sparse_training_learns_from_scribbles(sparse_run, test2d):
     seg, events = sparse_run
-    assert [e.stage for e in events[:2]] == ["start", "training"] and events[-1].stage == "done"
+    stages = [e.stage for e in events]
+    assert stages[0] == "teacher" and [s for s in stages if s != "teacher"][:2] == ["start", "training"]
+    assert events[-1].stage == "done"
     losses = np.array([e.loss for e in events if e.stage == "training"])
     assert len(losses) == 150 and np.all(np.isfinite(losses))
     assert losses[-20:].mean() < 0.5 * losses[:10].mean()
-    assert all(b.seconds >= a.seconds for a, b in zip(events, events[1:]))
+    timed = [e for e in events if e.stage != "teacher"]
+    assert all(b.seconds >= a.seconds for a, b in zip(timed, timed[1:]))
     prob = seg.predict_proba(test2d.image)  # an image it never saw
     assert prob.shape == (2,) + test2d.image.shape and prob.dtype == np.float32
     np.testing.assert_allclose(prob.sum(0), 1, atol=1e-5)
@@ -46,7 +57,7 @@ def test_dense_training_learns_foreground_and_splits_touching_discs(dense_run, t
 def test_closing_after_the_first_event_leaves_a_usable_model(train2d):
     seg = UNetSegmenter()
     gen = train_unet(seg, train2d.image, train2d.scribbles, TrainSettings(steps=1000, **QUICK))
-    first = next(gen)
+    first = past_teacher(gen)
     assert first.stage == "start" and ("CPU" in first.message or "GPU" in first.message)
     gen.close()
     assert seg.training["steps"] == 0 and seg.training["stopped"] == "stopped"
@@ -54,7 +65,7 @@ def test_closing_after_the_first_event_leaves_a_usable_model(train2d):
 
     seg = UNetSegmenter()
     gen = train_unet(seg, train2d.image, train2d.scribbles, TrainSettings(steps=1000, **QUICK))
-    next(gen)
+    past_teacher(gen)
     assert next(gen).done == 1
     gen.close()
     assert seg.training["steps"] == 1
@@ -190,7 +201,7 @@ def test_automatic_batch_size_on_cpu():
     assert auto_batch_size(torch.device("cpu"), (64, 64), 16) == 8
     s = nuclei((64, 64), seed=3)
     seg = UNetSegmenter()
-    first = next(iter(train_unet(seg, s.image, s.scribbles, TrainSettings(steps=1, patch_size=32, batch_size=0))))
+    first = past_teacher(iter(train_unet(seg, s.image, s.scribbles, TrainSettings(steps=1, patch_size=32, batch_size=0))))
     assert "batch 8" in first.message
 
 
@@ -236,3 +247,25 @@ def test_forest_teacher_labels_confident_unlabelled_pixels_and_strokes_win(train
     assert loss.item() == 0 and loss.requires_grad
     with pytest.raises(UserInputError, match="teacher"):
         TrainSettings(teacher="svm").check()
+
+
+def test_the_forest_teacher_reports_progress_and_a_stop_there_keeps_nothing(train2d):
+    """On a big image the teacher takes a while: it is a stage with progress
+    events, and closing the generator during it leaves a new segmenter empty."""
+    seg = UNetSegmenter()
+    gen = train_unet(seg, train2d.image, train2d.scribbles, TrainSettings(**QUICK))
+    first = next(gen)
+    assert first.stage == "teacher" and "forest" in first.message and first.total >= 2
+    gen.close()
+    assert seg.net is None and not seg.training
+    gen = train_unet(seg, train2d.image, train2d.scribbles, TrainSettings(**QUICK))
+    events = [next(gen)]
+    while events[-1].stage == "teacher":
+        events.append(next(gen))
+    gen.close()
+    assert events[-1].stage == "start" and len(events) >= 3
+    fractions = [e.fraction for e in events[:-1]]
+    assert fractions == sorted(fractions) and fractions[-1] > fractions[0]
+    # Without the teacher, training starts at once.
+    assert next(train_unet(UNetSegmenter(), train2d.image, train2d.scribbles,
+                           TrainSettings(**{**QUICK, "teacher": None}))).stage == "start"

@@ -147,3 +147,21 @@ def test_continue_without_model_and_corrupted_file(qtbot, widget, tmp_path):
     s = nuclei((64, 64), seed=1)
     PixelClassifier(n_trees=3).fit(s.image, s.scribbles).save(forest_file)
     assert widget.load_model(forest_file) is None and "random forest" in widget.last_error
+
+
+def test_stop_while_the_forest_teacher_runs_keeps_no_model(qtbot, make_napari_viewer):
+    """The teacher is the first stage: it shows progress, and Stop during it ends
+    the run at once without an untrained model."""
+    big = nuclei((1024, 1024), n_strokes=40, seed=4)
+    viewer = make_napari_viewer()
+    viewer.add_image(big.image, name="big")
+    viewer.add_labels(big.scribbles.copy(), name="big annotations")
+    w = UNetWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    qtbot.mouseClick(w.train_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "forest" in w.status.text(), timeout=TIMEOUT_MS)
+    qtbot.mouseClick(w.stop_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, w)
+    assert w.last_error is None, w.last_error
+    assert w.model is None and w.status.text() == "Stopped."
+    assert not w.plot.loss and "big segmentation (U-Net)" not in viewer.layers

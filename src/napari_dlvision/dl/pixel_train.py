@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import UserInputError
+from ..core.events import Progress
 from ..core.images import as_channels_first, check_spacing
 from ..core.labels import as_label_array, check_classes
 from ..core.metrics import iou
@@ -223,19 +224,32 @@ class PatchSampler:
 def forest_teacher(images, labels, n_classes: int, channel_axis=None, spacing=None) -> list[np.ndarray]:
     """Per image, the probabilities (n_classes, *spatial) of a random forest
     fitted on the strokes, as uint8 (0..255) to keep big volumes small."""
+    out: list[np.ndarray] = []
+    for _ in iter_forest_teacher(images, labels, n_classes, out, channel_axis, spacing):
+        pass
+    return out
+
+
+def iter_forest_teacher(images, labels, n_classes: int, out: list, channel_axis=None, spacing=None):
+    """forest_teacher as Progress events (stage "teacher"), filling `out`: on a big
+    image it takes a while, and a Stop must not wait for it."""
     from ..core.pixel_classifier import PixelClassifier
 
     images, labels = _as_list(images, labels)
+    total = len(images) + 1
+    yield Progress("teacher", 0, total, "a random forest learns the strokes first (its sure pixels guide the U-Net)…")
     forest = PixelClassifier().fit(images, labels, channel_axis=channel_axis, spacing=spacing)
-    out = []
-    for image in images:
-        prob = forest.predict_proba(image, channel_axis=channel_axis, spacing=spacing)
+    for i, image in enumerate(images, 1):
+        tiles = forest.feature_tiles(image, channel_axis, spacing)
+        prob = np.empty((forest.n_classes,) + tiles.shape, np.float32)
+        yield Progress("teacher", i, total, f"the forest labels image {i}/{len(images)}…")
+        for _ in forest.iter_predict(tiles, prob):
+            yield Progress("teacher", i, total)  # a chance to stop between bands
         q = np.zeros((n_classes,) + prob.shape[1:], np.uint8)  # classes the forest never saw: 0
         k = min(n_classes, prob.shape[0])
         np.multiply(prob[:k], 255, out=prob[:k])
         q[:k] = np.rint(prob[:k])
         out.append(q)
-    return out
 
 
 def teacher_loss(logits, targets, q, threshold: float):
@@ -304,16 +318,13 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     ndim, n_channels = imgs[0].ndim - 1, imgs[0].shape[0]
-    if segmenter.net is None:
+    fresh = segmenter.net is None
+    if fresh:
         segmenter.build(n_channels, ndim, n_classes)
     if spacing is not None:
         segmenter.spacing = list(check_spacing(spacing, ndim))
     net = segmenter.net
     patch = patch_shape_for(settings.patch_size, [t.shape for t in tgts], ndim, net.multiple)
-    teachers = None
-    if settings.teacher == "forest" and segmenter.mode == "sparse":
-        teachers = forest_teacher(images, targets, segmenter.n_classes, channel_axis, segmenter.spacing)
-    sampler = PatchSampler(imgs, tgts, patch, settings.augmentation(), settings.labelled_fraction, rng, teachers)
     counts = class_counts(tgts, segmenter.n_classes)
     if segmenter.mode == "sparse":  # continuing may add classes painted since
         seen = {int(k) + 1 for k in np.flatnonzero(counts)}
@@ -325,6 +336,18 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
     check_fits_in_ram(device, batch * training_bytes_per_sample(patch, segmenter.config["base_channels"]),
                       f"training with batch size {batch} and patches {'x'.join(map(str, patch))}",
                       "choose a smaller batch or patch size")
+
+    teachers = None
+    if settings.teacher == "forest" and segmenter.mode == "sparse":
+        teachers = []
+        try:
+            yield from iter_forest_teacher(images, targets, segmenter.n_classes, teachers, channel_axis,
+                                           segmenter.spacing)
+        except GeneratorExit:
+            if fresh:
+                segmenter.net = None  # stopped before any training: nothing to keep
+            raise
+    sampler = PatchSampler(imgs, tgts, patch, settings.augmentation(), settings.labelled_fraction, rng, teachers)
 
     def loss_fn(model, batch):
         x, y = batch[:2]
