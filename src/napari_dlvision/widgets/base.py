@@ -12,6 +12,7 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QWidget
 
 from ..core.errors import UserInputError
+from .gc_pauses import freeze_long_lived, watch_layer_removals
 from .jobs import JobRunner, describe_error
 from .parts import LayerPicker
 
@@ -29,6 +30,8 @@ class ModelWidget(QWidget):
         self.panel = None  # a RunPanel, made by the subclass
         self._cleanups = []
         self._closed = False
+        freeze_long_lived()  # napari's start-up objects: full collections stop freezing the viewer
+        watch_layer_removals(napari_viewer)
 
     # -- parts -------------------------------------------------------------
     def picker(self, layer_type, on_change=None, **kw) -> LayerPicker:

@@ -139,13 +139,13 @@ class RunPanel(QWidget):
         if self.plot is not None:
             lay.addWidget(self.plot)
 
-    # Redrawing the status line, bar and plot for every step costs the main
-    # thread ~10 ms (the word-wrapped status relays out the dock), and on a
-    # small machine each of those slows the training threads: measured, the
-    # U-Net trained 1.65x slower in the viewer than headless with a redraw
-    # per step, 1.3x with none. So routine steps are drawn at most every
-    # DRAW_EVERY_S; the newest one always lands (timer), and anything else
-    # (messages, other stages, say()) is drawn at once.
+    # Each redraw of a dock widget costs the main thread 15-20 ms of window
+    # composition under software OpenGL (measured: progress.setValue alone
+    # 14.5 ms), time the training threads lose on a small machine; with a
+    # redraw per step the U-Net trained 1.4-1.5x slower in the viewer than
+    # headless. So routine steps are drawn at most every DRAW_EVERY_S; the
+    # newest one always lands (timer), and anything else (messages, other
+    # stages, say()) is drawn at once.
     DRAW_EVERY_S = 0.5
 
     def set_busy(self, busy: bool):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 import threading
 
+from .gc_pauses import freeze_long_lived
+
 _lock = threading.Lock()
 _done = False
 
@@ -32,4 +34,11 @@ def import_torch():
         finally:
             if hide and "triton" in sys.modules and sys.modules["triton"] is None:
                 del sys.modules["triton"]
+        # The first optimiser imports torch._dynamo (to mark functions not to
+        # compile): done here, it is frozen with the rest below.
+        import torch
+
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        freeze_long_lived()  # torch's ~200,000 objects live as long as the process
         _done = True
+
