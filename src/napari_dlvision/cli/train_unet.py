@@ -67,7 +67,7 @@ def run(args):
     for ev in train_unet(seg, imgs, labs, settings, channel_axis=axis, spacing=args.spacing):
         if ev.stage in ("start", "done") or ev.message:
             print(ev.message, flush=True)
-        elif ev.done % every == 0:
+        elif ev.stage == "training" and ev.done % every == 0:
             print(f"step {ev.done}/{ev.total}  loss {ev.smoothed_loss:.4f}  {ev.seconds:.0f} s", flush=True)
     seg.save(args.out)
     print(f"wrote {args.out}")
