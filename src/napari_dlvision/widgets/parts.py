@@ -14,10 +14,9 @@ No model-specific code here.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import time
 
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -138,6 +137,10 @@ class RunPanel(QWidget):
         self.plot = LossPlot() if plot else None
         if self.plot is not None:
             lay.addWidget(self.plot)
+        self._pending, self._last_draw = None, 0.0  # the newest undrawn event and its status
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._draw)
 
     # Each redraw of a dock widget costs the main thread 15-20 ms of window
     # composition under software OpenGL (measured: progress.setValue alone
@@ -169,17 +172,6 @@ class RunPanel(QWidget):
             self._draw()
         elif not self._timer.isActive():
             self._timer.start(int(1000 * wait) + 1)
-
-    _pending = None
-    _last_draw = 0.0
-
-    @property
-    def _timer(self) -> QTimer:
-        if not hasattr(self, "_draw_timer"):
-            self._draw_timer = QTimer(self)
-            self._draw_timer.setSingleShot(True)
-            self._draw_timer.timeout.connect(self._draw)
-        return self._draw_timer
 
     def _draw(self, status: bool = True):
         self._timer.stop()
