@@ -122,3 +122,26 @@ def test_bad_inputs_give_one_line(files, n2v_model, tmp_path):
                                                           "--out", tmp_path / "o.tif", "--instances",
                                                           tmp_path / "i.tif"))
     assert not (tmp_path / "m.dlv").exists()
+
+
+def test_noise2void_from_several_images_and_noise2noise_from_folder_pairs(files, tmp_path):
+    d, _ = files
+    r = dlvision("train", "denoiser", "--image", d / "a.tif", "--image", d / "b.tif",
+                 "--out", tmp_path / "two.dlv", *BRIEF)
+    assert r.returncode == 0, r.stderr
+    assert "Noise2Void" in r.stdout and "on 2 noisy image" in r.stdout, r.stdout
+    # Two folders of independent acquisitions, matched by file name.
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, name in ((first, "a.tif"), (second, "b.tif")):
+        folder.mkdir()
+        for field in ("f1.tif", "f2.tif"):
+            (folder / field).write_bytes((d / name).read_bytes())
+    r = dlvision("train", "denoiser", "--image", first, "--pair", second, "--out", tmp_path / "n2n.dlv", *BRIEF)
+    assert r.returncode == 0, r.stderr
+    assert "Noise2Noise" in r.stdout and "4 noisy acquisitions of 2 field" in r.stdout, r.stdout
+    (second / "f2.tif").unlink()  # a file without its pair
+    r = dlvision("train", "denoiser", "--image", first, "--pair", second, "--out", tmp_path / "n2n2.dlv", *BRIEF)
+    line = one_line_error(r)
+    assert "f2" in line
+    r = dlvision("train", "denoiser", "--image", first, "--pair", d / "b.tif", "--out", tmp_path / "x.dlv", *BRIEF)
+    assert "give a folder to --pair too" in one_line_error(r)
