@@ -23,3 +23,20 @@ def test_docking_freezes_and_a_removed_layer_is_still_freed(qtbot, make_napari_v
     assert gc.get_freeze_count() == 0  # thawed at once: the layer's cycles can be collected
     qtbot.waitUntil(lambda: gc.get_freeze_count() > 10_000, timeout=5000)  # collected, then frozen again
     assert gone() is None, "the removed layer was kept alive"
+
+
+def test_closing_a_widget_drops_its_model_and_caches(qtbot, make_napari_viewer, monkeypatch):
+    monkeypatch.setattr(gc_pauses, "REFREEZE_AFTER_MS", 50)
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-dlvision", "nuclei-2d")
+    w = PixelClassifierWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.train()
+    qtbot.waitUntil(lambda: not w.runner.busy and w.model is not None, timeout=120_000)
+    assert w._tiles is not None  # features kept for the next stroke
+    model = weakref.ref(w.model)
+    w.close()
+    assert w.model is None and w._tiles is None
+    assert gc.get_freeze_count() == 0  # thawed: a closed widget's cycles can go
+    qtbot.waitUntil(lambda: gc.get_freeze_count() > 10_000, timeout=5000)
+    assert model() is None

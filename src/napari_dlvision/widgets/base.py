@@ -12,7 +12,7 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QWidget
 
 from ..core.errors import UserInputError
-from .gc_pauses import freeze_long_lived, watch_layer_removals
+from .gc_pauses import freeze_long_lived, thaw_then_refreeze, watch_layer_removals
 from .jobs import JobRunner, describe_error
 from .parts import LayerPicker
 
@@ -207,6 +207,10 @@ class ModelWidget(QWidget):
             emitter.disconnect(self.reset_choices)
         for fn in self._cleanups:
             fn()
+        self.model = None  # a closed widget keeps nothing big alive (see gc_pauses)
+        if not self.runner.busy:
+            self.runner.job = None  # nor does its last job (its generator holds the model and data)
+        thaw_then_refreeze()
 
     def closeEvent(self, event):
         self.cleanup()

@@ -11,9 +11,11 @@ when a widget docks and after torch is imported. Full collections then walk
 only what was made since, and take milliseconds.
 
 A frozen object in a reference cycle is never collected, and napari layers
-are such cycles: when a layer is removed from the viewer everything is
-thawed, so the layer can go, and frozen again after one full collection a
-moment later (a single pause, right after the user's own deletion).
+are such cycles: when a layer is removed from the viewer (or a widget
+closes) everything is thawed, so the layer can go, and frozen again after
+one full collection a moment later (a single pause, right after the user's
+own deletion). Closing widgets also drop their models and caches, so what
+they hold is freed by reference counting even if a cycle outlives a freeze.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ def watch_layer_removals(viewer) -> None:
     if id(layers) in _watched:
         return
     _watched.add(id(layers))
-    layers.events.removed.connect(_thaw_then_refreeze)
+    layers.events.removed.connect(thaw_then_refreeze)
 
 
-def _thaw_then_refreeze(*_):
+def thaw_then_refreeze(*_):
+    """Let everything be collected again; collect and freeze once things settle."""
     global _timer
     from qtpy.QtCore import QTimer
 

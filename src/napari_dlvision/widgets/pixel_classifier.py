@@ -68,6 +68,7 @@ class PixelClassifierWidget(ModelWidget):
         self.viewer.layers.events.removed.connect(self._forget_features)
         self.on_close(lambda: self.viewer.layers.events.removed.disconnect(self._forget_features))
         self.on_close(self._live_timer.stop)
+        self.on_close(self._forget_features)  # the feature cache can be hundreds of MB
 
     # aliases kept for scripts and tests
     @property
