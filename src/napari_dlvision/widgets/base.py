@@ -100,19 +100,27 @@ class ModelWidget(QWidget):
         return end
 
     def show_training_step(self, ev, offset: int, loss_format: str = ".3f"):
-        """Progress, plot and "Step n/N (m in all), loss, seconds" for a training event."""
+        """Progress, plot and "Step n/N (m in all), loss, <validation figures>, seconds" for a training event."""
         text = None
         if ev.stage == "training" and not ev.message:
             total = f" ({offset + ev.done} in all)" if offset else ""
-            text = f"Step {ev.done}/{ev.total}{total}, loss {ev.smoothed_loss:{loss_format}}, {ev.seconds:.0f} s"
+            figures = "".join(f", {name} {value:.3f}" for name, value in ev.metrics.items() if value is not None)
+            text = (f"Step {ev.done}/{ev.total}{total}, loss {ev.smoothed_loss:{loss_format}}{figures}, "
+                    f"{ev.seconds:.0f} s")
         self.panel.show_progress(ev, step_offset=offset, status=text)
+
+    @staticmethod
+    def training_note(training: dict) -> str:
+        """ "Training <how it ended> after N steps (E epochs) in S s; kept <which weights>. " """
+        how = {"time limit": "reached its time limit", "error": "ended"}.get(
+            training.get("stopped"), training.get("stopped", "ended"))
+        epochs = f" ({training['epochs']} epochs)" if "epochs" in training else ""
+        return (f"Training {how} after {training.get('steps')} steps{epochs} in {training.get('seconds')} s; "
+                f"kept {training.get('kept')}. ")
 
     def training_ended(self, training: dict, image):
         """Say how training ended and which weights were kept, then predict `image` with them."""
-        how = {"stopped": "stopped", "time limit": "reached its time limit", "diverged": "diverged"}.get(
-            training.get("stopped"), training.get("stopped", "ended"))
-        note = (f"Training {how} after {training.get('steps')} steps in {training.get('seconds')} s; "
-                f"kept {training.get('kept')}. ")
+        note = self.training_note(training)
         self.say(note)
         if image is not None and image in self.viewer.layers:
             self.runner.then(lambda: self.predict_layer(image, note))

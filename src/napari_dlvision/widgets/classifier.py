@@ -222,12 +222,7 @@ class ClassifierWidget(ModelWidget):
                           offset=self.panel.plot.last_step if resume else 0)
 
     def _on_train_event(self, ev, job):
-        text = None
-        if ev.stage == "training" and not ev.message:
-            acc = ev.metrics.get("validation accuracy")
-            text = (f"Step {ev.done}/{ev.total}, loss {ev.smoothed_loss:.3f}"
-                    + ("" if acc is None else f", validation accuracy {acc:.3f}") + f", {ev.seconds:.0f} s")
-        self.panel.show_progress(ev, step_offset=job.context["offset"], status=text)
+        self.show_training_step(ev, job.context["offset"])
         if ev.stage == "done":
             self.confusion.show_evaluation(ev.payload.get("evaluation"))
 
@@ -237,10 +232,7 @@ class ClassifierWidget(ModelWidget):
         if clf is None or clf.net is None or job.error is not None:
             return
         self.model, self.labels = clf, holder.get("labels")
-        t = clf.training
-        how = {"time limit": "reached its time limit", "error": "ended"}.get(t.get("stopped"), t.get("stopped"))
-        note = (f"Training {how} after {t.get('steps')} steps ({t.get('epochs')} epochs) in "
-                f"{t.get('seconds')} s; kept {t.get('kept')}. ")
+        note = self.training_note(clf.training)
         self.say(note)
         self.runner.then(lambda: self.predict_images(note))
 

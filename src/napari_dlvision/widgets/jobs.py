@@ -39,23 +39,6 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-@dataclass
-class Job:
-    gen: Any
-    on_event: Callable
-    on_end: Callable | None = None
-    context: dict = field(default_factory=dict)  # what the callbacks need to know
-    t0: float = field(default_factory=time.perf_counter)
-    complete: bool = False  # reached its "done" event
-    error: str | None = None
-    stopped: bool = False
-    shown: "Shown" = field(default_factory=lambda: Shown())
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.t0
-
-
 SHOW_WAIT_S = 2.0  # the longest a worker waits for the viewer to show an event
 
 
@@ -73,6 +56,23 @@ class Shown:
     def wait_for(self, n: int, timeout: float):
         with self.cond:
             self.cond.wait_for(lambda: self.count >= n, timeout)
+
+
+@dataclass
+class Job:
+    gen: Any
+    on_event: Callable
+    on_end: Callable | None = None
+    context: dict = field(default_factory=dict)  # what the callbacks need to know
+    t0: float = field(default_factory=time.perf_counter)
+    complete: bool = False  # reached its "done" event
+    error: str | None = None
+    stopped: bool = False
+    shown: Shown = field(default_factory=Shown)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
 
 
 def _drain(gen, shown: Shown):
