@@ -65,3 +65,30 @@ def test_denoiser_widget_docked_does_not_import_torch():
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("3")
+
+
+def test_torch_import_in_a_worker_loads_its_library_without_holding_the_gil():
+    # The ~0.25 s of loading torch's extension library runs with the GIL
+    # released (a ctypes call), so a thread ticking meanwhile keeps ticking.
+    r = _run(
+        "import os, sys, time, threading\n"
+        "from napari_dlvision.widgets import torch_import as ti\n"
+        "gaps, done = [], threading.Event()\n"
+        "def beat():\n"
+        "    last = time.perf_counter()\n"
+        "    while not done.is_set():\n"
+        "        time.sleep(0.002); now = time.perf_counter(); gaps.append(now - last); last = now\n"
+        "t = threading.Thread(target=beat); t.start()\n"
+        "loaded = ti._preload_extension()\n"
+        "done.set(); t.join()\n"
+        "assert loaded == (os.name == 'posix'), loaded\n"
+        "assert 'torch' not in sys.modules\n"
+        "ti.import_torch()\n"
+        "import torch\n"
+        "assert float(torch.ones(2).sum()) == 2.0\n"
+        "assert ti._preload_extension() is False  # torch there: nothing to do\n"
+        "print(round(max(gaps), 3))\n"
+    )
+    assert r.returncode == 0, r.stderr
+    # Loading took ~0.25 s; with the GIL held the beat would stop that long.
+    assert float(r.stdout.split()[-1]) < 0.2, r.stdout

@@ -8,6 +8,8 @@ touched) and finds its layers again even after the user renamed them.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 from napari.layers import Image, Labels
 
@@ -113,10 +115,32 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
     # Straight below the annotation layer, which is selected again: no move
     # afterwards. Adding a layer is napari's most expensive step on the main
     # thread (0.1-0.3 s here), so each saved event counts.
-    viewer.layers.insert(viewer.layers.index(keep) if keep is not None else len(viewer.layers), layer)
-    if keep is not None:
+    where = viewer.layers.index(keep) if keep is not None else len(viewer.layers)
+    if keep is None:
+        viewer.layers.insert(where, layer)
+        return layer
+    with _not_activated(viewer.layers):
+        viewer.layers.insert(where, layer)
+    if viewer.layers.selection.active is not keep:
         viewer.layers.selection.active = keep
     return layer
+
+
+@contextmanager
+def _not_activated(layer_list):
+    """Insert without napari selecting the new layer (then the annotation
+    layer again): two selection changes, each rebuilding the layer controls,
+    saved. napari's own switch; without it (another napari) only slower."""
+    real = getattr(layer_list, "__wrapped__", layer_list)  # plugins get a proxy
+    before = getattr(real, "_activate_on_insert", None)
+    if not isinstance(before, bool):
+        yield
+        return
+    real._activate_on_insert = False
+    try:
+        yield
+    finally:
+        real._activate_on_insert = before
 
 
 def class_colour(labels: Labels | None, class_id: int):
