@@ -1,4 +1,4 @@
-"""Every registered model kind goes through the same CLI: train, info, predict, load.
+"""Every registered model kind goes through the same CLI: train, info, predict, load, export.
 
 A new kind registered in kinds.py fails here until it has a recipe below,
 so the platform's promise (train / info / predict / load for free) is
@@ -83,6 +83,36 @@ def test_train_info_predict_and_load(name, data, tmp_path):
     loaded.save(again)
     assert kinds.load_model(again, device="cpu").metadata() == loaded.metadata()
 
+    exported = tmp_path / "model.onnx"
+    r = dlvision("export", "--model", model, "--format", "onnx", "--out", exported)
+    if not kind.uses_torch:
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "not a network" in r.stderr
+        assert not exported.exists()
+        return
+    assert r.returncode == 0, r.stderr
+    check_onnx_matches_torch(exported, loaded)
+
+
+def check_onnx_matches_torch(path, model):
+    """onnxruntime on the exported file gives the network's output (1e-4), on an input of a new size."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from napari_dlvision.dl.export_onnx import onnx_metadata
+
+    meta = onnx_metadata(path)
+    assert meta["kind"] == model.metadata()["kind"] and meta["onnx"]["input"].startswith("normalised")
+    onnx = meta["onnx"]
+    spatial = onnx["fixed_size"] or [onnx["spatial_multiple"] * k for k in (5, 4, 3)[:onnx["spatial_dims"]]]
+    x = np.random.default_rng(1).random((2, model.n_channels, *spatial), dtype=np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x})[0]
+    with torch.no_grad():
+        expected = model.net.cpu().eval()(torch.from_numpy(x)).numpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-4
+
 
 def test_a_model_file_of_an_unknown_kind_is_refused_in_one_line(data, tmp_path):
     import json
@@ -97,3 +127,14 @@ def test_a_model_file_of_an_unknown_kind_is_refused_in_one_line(data, tmp_path):
         r = dlvision(*args)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1 and "alien-kind" in lines[0], r.stderr
+
+
+def test_export_refuses_an_output_naming_the_model_or_not_named_onnx(data, tmp_path):
+    model = tmp_path / "rf.dlv"
+    assert dlvision("train", "rf", "--image", data / "img.tif", "--labels", data / "strokes.tif",
+                    "--trees", "3", "--out", model).returncode == 0
+    before = model.read_bytes()
+    for out, words in ((model, "input"), (tmp_path / "m.zip", ".onnx")):
+        r = dlvision("export", "--model", model, "--format", "onnx", "--out", out)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
+    assert model.read_bytes() == before and not (tmp_path / "m.zip").exists()

@@ -5,6 +5,7 @@
     dlvision predict --model MODEL --image IMG --out SEG.tif [--probabilities P.tif]
     dlvision evaluate --model MODEL ...
     dlvision info MODEL
+    dlvision export --model MODEL --format onnx --out MODEL.onnx
 
 `train` has one sub-command per registered model kind (napari_dlvision.kinds);
 each kind's module adds its options and runs its training. Errors the user
@@ -43,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(sp)
         sp.set_defaults(run=module.run)
 
-    from . import evaluate, info, predict
+    from . import evaluate, export, info, predict
 
-    for name, module in (("predict", predict), ("evaluate", evaluate), ("info", info)):
+    for name, module in (("predict", predict), ("evaluate", evaluate), ("info", info), ("export", export)):
         sp = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
         module.add_arguments(sp)
         sp.set_defaults(run=module.run)

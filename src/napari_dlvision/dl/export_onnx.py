@@ -1,0 +1,109 @@
+"""A model file's network as ONNX, checked against torch with onnxruntime.
+
+What the ONNX graph holds is the network alone: it takes the input the
+network takes here (normalised, channels first, batch first) and returns its
+raw output (class logits, denoised normalised values, detection heat maps).
+The model file's JSON (normalisation, classes, architecture) travels in the
+ONNX file's metadata under "napari_dlvision", so a runtime elsewhere can do
+the pre- and post-processing; the README says what each kind needs.
+
+Fully convolutional networks (U-Net segmenter, denoiser, centre-point
+detector) take any batch and any spatial size that is a multiple of
+`multiple` (also in the metadata); image classifiers any batch of their
+training size. torchvision's detectors (FCOS, RetinaNet, Faster R-CNN) have
+data-dependent post-processing inside the network and are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import UserInputError
+from ..core.io import atomic_output
+
+TOLERANCE = 1e-4  # largest |onnxruntime - torch| accepted, in the network's output units
+METADATA_KEY = "napari_dlvision"
+
+
+def input_spec(model) -> tuple[tuple[int, ...], bool, int]:
+    """(example input shape, spatial axes dynamic?, spatial multiple) of this model's network."""
+    if model.net is None:
+        raise UserInputError("the model has no trained network to export")
+    kind = model.metadata()["kind"]
+    if kind == "image-classifier":
+        return (2, model.n_channels, *model.size), False, 1
+    if kind == "object-detector" and model.arch != "centernet":
+        raise UserInputError(f"ONNX export is for the centernet detector; {model.arch} has its box "
+                             "decoding inside the network, which ONNX export does not cover")
+    ndim = 2 if kind == "object-detector" else model.ndim
+    m = model.net.multiple
+    # Two sizes per axis would do; 2 multiples (3 in the first axis) tell axes apart.
+    return (2, model.n_channels, *[m * (3 if i == 0 else 2) for i in range(ndim)]), True, m
+
+
+def export_onnx(model, out) -> dict:
+    """Write `model`'s network to `out` (atomically); return the check's figures."""
+    import onnxruntime as ort
+
+    shape, spatial, multiple = input_spec(model)
+    net = model.net.to("cpu").eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=g)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    axes = {0: batch}
+    if spatial:
+        for i in range(2, len(shape)):
+            # A multiple of the U-Net's pooling factor: its padding branch is
+            # then provably not taken, and the graph needs none.
+            axes[i] = multiple * torch.export.Dim(f"size{i - 2}", min=1, max=65536 // multiple)
+    quiet = io.StringIO()
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            program = torch.onnx.export(net, (x,), dynamo=True, dynamic_shapes=(axes,),
+                                        input_names=["input"], output_names=["output"], verbose=False)
+    except Exception as e:  # noqa: BLE001 - torch's export errors are many and long
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserInputError(f"ONNX export of this network failed: {first}") from None
+    meta = {**model.metadata(), "onnx": {"input": "normalised, channels first, batch first",
+                                          "spatial_dims": len(shape) - 2,
+                                          "spatial_multiple": multiple if spatial else None,
+                                          "fixed_size": None if spatial else list(shape[2:])}}
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    data = proto.SerializeToString()
+
+    # Check before anything is written: the ONNX graph must give torch's
+    # answer on a fresh input of another size and batch.
+    check_shape = (3, *shape[1:2], *[s + multiple for s in shape[2:]]) if spatial else (3, *shape[1:])
+    xc = torch.rand(check_shape, generator=g)
+    with torch.no_grad():
+        expected = net(xc).numpy()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": xc.numpy()})[0]
+    diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
+    if not diff <= TOLERANCE:
+        raise UserInputError(f"the ONNX graph differs from the network by {diff:.3g} (more than {TOLERANCE}); "
+                             "nothing was written")
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(data)
+    return {"path": str(out), "max_abs_difference": diff, "checked_input_shape": list(check_shape),
+            "bytes": len(data)}
+
+
+def onnx_metadata(path) -> dict:
+    """The model file's JSON stored in an exported ONNX file."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    raise UserInputError(f"{path} was not exported by napari-dlvision")
