@@ -3,6 +3,12 @@
     dlvision predict --model MODEL --image IMG --out SEG.tif [--probabilities P.tif] [--instances I.tif]
     dlvision predict --model MODEL --image FOLDER --out RESULTS/     # FOLDER/x.png -> RESULTS/x_segmentation.tif
     dlvision predict --model CLASSIFIER --data DIR --out PRED.csv     # image classifiers: one row per image
+    dlvision predict --model MODEL --image BIG.zarr --out SEG.zarr [--chunk 1024] [--dask-address tcp://HOST:PORT]
+
+Zarr / OME-Zarr inputs and outputs, TIFFs larger than memory, and any of
+--chunk, --scheduler, --workers or --dask-address run the prediction as a
+dask graph of tiles with halos (pixel classifiers and denoisers), so memory
+stays flat whatever the image's size.
 
 Outputs go to temporary files renamed into place; an output that names an
 input, or an output folder that is the input folder, is refused before any
@@ -20,7 +26,7 @@ DATA_PREDICTORS = {"images": "napari_dlvision.cli.predict_images"}
 
 
 def add_arguments(p):
-    from .common import image_options
+    from .common import image_options, int_in
 
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--image", type=Path, default=None, help="image file, or a folder of images")
@@ -37,6 +43,15 @@ def add_arguments(p):
     p.add_argument("--score-threshold", type=float, default=None,
                    help="detectors: keep boxes scoring at least this (default: the model's)")
     image_options(p)
+    big = p.add_argument_group("large images (dask)")
+    big.add_argument("--chunk", type=int_in(16, 1 << 16), default=None,
+                     help="block side in pixels (default 1024 in 2D, 128 in 3D)")
+    big.add_argument("--scheduler", choices=("threads", "processes", "synchronous"), default=None,
+                     help="local dask scheduler (default: threads)")
+    big.add_argument("--workers", type=int_in(1, 4096), default=None,
+                     help="blocks computed at once (default: one per core)")
+    big.add_argument("--dask-address", default=None,
+                     help="run on an existing dask.distributed scheduler, e.g. tcp://10.0.0.5:8786")
 
 
 def task_options(args, kind, model) -> dict:
@@ -77,6 +92,10 @@ def run(args):
         return importlib.import_module(DATA_PREDICTORS[kind.task]).run(args, kind)
     if args.image is None:
         raise UserInputError("give --image (a file or a folder of images)")
+    from .predict_lazy import wants_lazy
+
+    if wants_lazy(args):
+        return importlib.import_module("napari_dlvision.cli.predict_lazy").run(args, kind)
     extra = {k: getattr(args, k) for k in PIXEL_EXTRA if getattr(args, k) is not None}
     folder = args.image.is_dir()
     if not folder:

@@ -94,9 +94,44 @@ def spatial_shape(shape, channel_axis: int | None) -> tuple[int, ...]:
     return shape[:axis] + shape[axis + 1:]
 
 
+_LIMIT: int | None = None  # set by limit_threads (dask workers run one block per core)
+_BLAS = None  # threadpoolctl's limiter while limited
+
+
 def n_threads() -> int:
     """CPU cores this process may use."""
+    if _LIMIT is not None:
+        return _LIMIT
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+def limit_threads(n: int | None) -> None:
+    """Use at most `n` threads from now on in this process (None: as many as
+    there are cores again): our own pools, OpenCV's, BLAS's and torch's.
+    Cheap to repeat: blocks call it each time, as torch may be imported
+    after the first call."""
+    global _LIMIT, _BLAS
+    import sys
+
+    changed = _LIMIT != n
+    if changed:
+        _LIMIT = None if n is None else int(n)
+        import cv2
+
+        cv2.setNumThreads(n_threads())
+        if _BLAS is not None:
+            _BLAS.restore_original_limits()
+            _BLAS = None
+        if n is not None:
+            try:
+                from threadpoolctl import threadpool_limits
+
+                _BLAS = threadpool_limits(_LIMIT)
+            except ImportError:  # scikit-learn brings it; without it BLAS keeps its pool
+                pass
+    torch = sys.modules.get("torch")
+    if torch is not None and (changed or _LIMIT is not None) and torch.get_num_threads() != n_threads():
+        torch.set_num_threads(n_threads())

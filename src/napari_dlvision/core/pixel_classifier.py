@@ -269,6 +269,30 @@ class PixelClassifier(PixelModel):
             pass
         return out
 
+    def block_plan(self, image_cf, spacing=None):
+        """How blocks of a larger-than-memory image are predicted (core.lazy)."""
+        from .lazy import BlockPlan
+
+        if image_cf.ndim - 1 != self.ndim or image_cf.shape[0] != self.n_channels:
+            self._check_compatible(np.empty((image_cf.shape[0],) + (2,) * (image_cf.ndim - 1), np.float32))
+        spacing = self.spacing if spacing is None else spacing
+        halo = self.used_features()[0].halo(spacing, self.ndim)
+        return BlockPlan(tuple(int(h) for h in halo), self.n_classes)
+
+    def block_function(self, params, spacing=None):
+        """Probabilities of one grown block (C, *spatial)."""
+        spacing = self.spacing if spacing is None else spacing
+        spec = self.used_features()[0]
+        halo = spec.halo(spacing, self.ndim)
+        n_features = spec.n_features(self.n_channels, self.ndim)
+
+        def block_proba(block):
+            # Several blocks run at once: smaller feature tiles keep memory flat.
+            tile = tile_shape_for(block.shape[1:], n_features, halo, DASK_TILE_BYTES)
+            return self.predict_proba(block, channel_axis=0, spacing=spacing, tile_shape=tile)
+
+        return block_proba
+
     def predict_dask(self, image, channel_axis=None, spacing=None, chunks=None):
         """Lazy probabilities (K, *spatial) of an image larger than memory.
 
@@ -278,27 +302,11 @@ class PixelClassifier(PixelModel):
         """
         import dask.array as da
 
+        from .lazy import lazy_outputs
+
         arr = da.asarray(image) if chunks is None else da.from_array(image, chunks=chunks)
         arr = arr[None] if channel_axis is None else da.moveaxis(arr, channel_axis, 0)
-        arr = arr.rechunk({0: -1})
-        if arr.ndim - 1 != self.ndim or arr.shape[0] != self.n_channels:
-            self._check_compatible(np.empty((arr.shape[0],) + (2,) * (arr.ndim - 1), np.float32))
-        if spacing is None:
-            spacing = self.spacing
-        spec = self.used_features()[0]
-        halo = spec.halo(spacing, self.ndim)
-        n_features = spec.n_features(self.n_channels, self.ndim)
-        depth = {0: 0, **{i + 1: h for i, h in enumerate(halo)}}
-        grown = da.overlap.overlap(arr, depth=depth, boundary="none")
-        k = self.n_classes
-
-        def block_proba(block):
-            # Several chunks run at once: smaller feature tiles keep memory flat.
-            tile = tile_shape_for(block.shape[1:], n_features, halo, DASK_TILE_BYTES)
-            return self.predict_proba(block, channel_axis=0, spacing=spacing, tile_shape=tile)
-
-        prob = grown.map_blocks(block_proba, chunks=((k,),) + grown.chunks[1:], dtype=np.float32)
-        return da.overlap.trim_internal(prob, depth, boundary="none")
+        return lazy_outputs(self, arr, spacing, ("probabilities",), chunk="keep")["probabilities"]
 
     def predict(self, image, channel_axis=None, spacing=None) -> np.ndarray:
         """Segmentation: class ids 1..K per pixel."""

@@ -202,6 +202,44 @@ class Denoiser:
             out[c] = params[c][0]
         yield Progress("done", 1, 1, None, payload={"denoised": to_layout(out, channel_axis, np.ndim(image))})
 
+    def block_plan(self, image_cf, spacing=None):
+        """How blocks of a larger-than-memory image are denoised (core.lazy):
+        normalised with the whole image's parameters (as `norm_params`)."""
+        from ..core.lazy import BlockPlan, sampled_percentile_params
+
+        self.check_compatible(np.empty((image_cf.shape[0],) + (2,) * (image_cf.ndim - 1), np.float32))
+        params = sampled_percentile_params(self.normalisation, image_cf)
+        constant = []
+        for c, (lo, scale) in enumerate(params):
+            if 1.0 / scale > _DEGENERATE * max(abs(lo), 1.0):
+                continue
+            lo_c, hi_c = (float(v) for v in (image_cf[c].min().compute(), image_cf[c].max().compute()))
+            params[c] = (lo_c, 1.0) if hi_c <= lo_c else (lo_c, 1.0 / (hi_c - lo_c))
+            if hi_c <= lo_c:
+                constant.append(c)
+        return BlockPlan((self.halo,) * self.ndim, self.n_channels, self.net.multiple, (params, constant))
+
+    def block_function(self, params, spacing=None):
+        """One grown block denoised, test-time augmentation within the block, in the input's units."""
+        params, constant = params
+        views = dihedral(self.ndim) if self.tta else [(_same, _same)]
+
+        def block_denoise(block):
+            img = self.normalisation.apply(as_channels_first(block, 0), params)
+            out = np.zeros_like(img)
+            for forward, back in views:
+                view = np.ascontiguousarray(forward(img))
+                part = np.empty_like(view)
+                for _ in self.iter_denoise_normalised(view, part):
+                    pass
+                out += back(part)
+            out = Normalisation.invert(out / len(views), params)
+            for c in constant:  # nothing to denoise there: passed through
+                out[c] = params[c][0]
+            return out
+
+        return block_denoise
+
     def predict_outputs(self, image, channel_axis=None, spacing=None, wanted=("denoised",), **options) -> dict:
         ev = None
         for ev in self.iter_predict_outputs(image, channel_axis, spacing, wanted, **options):

@@ -173,6 +173,22 @@ class UNetSegmenter(PixelModel):
         """
         return self.predict_normalised(self.prepare(image, channel_axis), tile_shape, halo, device)
 
+    def block_plan(self, image_cf, spacing=None):
+        """How blocks of a larger-than-memory image are predicted (core.lazy):
+        normalised with the whole image's percentiles, taken from the same
+        subsample as in memory."""
+        from ..core.lazy import BlockPlan, sampled_percentile_params
+
+        self.check_compatible(np.empty((image_cf.shape[0],) + (2,) * (image_cf.ndim - 1), np.float32))
+        params = sampled_percentile_params(self.normalisation, image_cf)
+        return BlockPlan((self.halo,) * self.ndim, self.n_classes, self.net.multiple, params)
+
+    def block_function(self, params, spacing=None):
+        def block_proba(block):
+            return self.predict_normalised(self.normalisation.apply(as_channels_first(block, 0), params))
+
+        return block_proba
+
     def iter_predict_proba(self, image, channel_axis=None, spacing=None, focus=None):
         """Prediction as Progress events, for workers: each "predicting" event's
         payload holds the tile just done ("block") and the whole probability

@@ -1,0 +1,116 @@
+"""`dlvision predict` for images larger than memory: a dask graph of tiles.
+
+Chosen by `predict` when the input or an output is Zarr, the input TIFF is
+larger than core.lazy.LAZY_INPUT_BYTES, or a dask option is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+DASK_OPTIONS = ("chunk", "scheduler", "workers", "dask_address")
+
+
+def wants_lazy(args) -> bool:
+    from ..core.lazy import LAZY_INPUT_BYTES, is_zarr
+
+    if any(getattr(args, k) is not None for k in DASK_OPTIONS):
+        return True
+    outputs = [args.out] + [getattr(args, k) for k in ("probabilities", "uncertainty", "instances")]
+    if is_zarr(args.image) or any(o is not None and is_zarr(o) for o in outputs):
+        return True
+    return args.image.is_file() and args.image.suffix.lower() in (".tif", ".tiff") \
+        and _tiff_bytes(args.image) > LAZY_INPUT_BYTES
+
+
+def _tiff_bytes(path) -> int:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return int(tif.series[0].size) * tif.series[0].dtype.itemsize
+    except Exception:  # noqa: BLE001 - unreadable: the normal path reports it in one line
+        return 0
+
+
+def run(args, kind):
+    from .. import kinds
+    from ..core.errors import UserInputError
+    from ..core.io import channel_axis_for, check_outputs, outputs_inside
+    from ..core.lazy import check_lazy_output, lazy_outputs, open_lazy, store
+
+    if kind.task not in (kinds.PIXELS, kinds.IMAGE_TO_IMAGE):
+        raise UserInputError(f"tile-by-tile (dask) prediction is for pixel classifiers and denoisers; "
+                             f"{args.model} is a {kind.title}")
+    if args.image.is_dir() and not (args.image.suffix.lower() == ".zarr" or (args.image / "zarr.json").is_file()
+                                    or (args.image / ".zgroup").is_file() or (args.image / ".zarray").is_file()):
+        raise UserInputError("dask options take one image (a TIFF or a Zarr store), not a folder of images")
+    if args.instances is not None:
+        raise UserInputError("--instances needs the whole image at once; it is not computed tile by tile")
+    if args.foreground is not None:
+        raise UserInputError("--foreground is for --instances, which is not computed tile by tile")
+    if args.scheduler is not None and args.dask_address is not None:
+        raise UserInputError("give --scheduler or --dask-address, not both")
+    extra = {k: getattr(args, k) for k in ("probabilities", "uncertainty") if getattr(args, k) is not None}
+    check_outputs([args.image, args.model], [args.out, *extra.values()])
+    if args.image.is_dir() and any(outputs_inside(args.image, p) for p in [args.out, *extra.values()]):
+        raise UserInputError(f"an output inside the input store {args.image} would change the input")
+    for path in [args.out, *extra.values()]:
+        check_lazy_output(path)
+    model = kind.load(args.model)
+    lazy = open_lazy(args.image)
+    channel_axis = args.channel_axis if args.channel_axis is not None else lazy.channel_axis
+    if channel_axis is None:
+        channel_axis = channel_axis_for(lazy.array.shape, model.ndim, model.n_channels)
+    arr = lazy.array[None] if channel_axis is None else _moveaxis(lazy.array, channel_axis, 0)
+    wanted = [model.MAIN_OUTPUT, *extra]
+    results = lazy_outputs(model, arr, args.spacing, wanted, chunk=args.chunk, model_file=args.model)
+    if "denoised" in results:  # an image comes back in the input's layout
+        den = results["denoised"]
+        results["denoised"] = den[0] if channel_axis is None else _moveaxis(den, 0, channel_axis)
+    outputs = {args.out: results[model.MAIN_OUTPUT], **{path: results[k] for k, path in extra.items()}}
+    blocks = results[model.MAIN_OUTPUT].npartitions
+    with _scheduler(args):
+        where = f"the cluster at {args.dask_address}" if args.dask_address else \
+            f"{args.workers or 'all'} local {args.scheduler or 'threads'}"
+        print(f"predicting {'x'.join(map(str, arr.shape[1:]))} in {blocks} blocks on {where}", flush=True)
+        written = store(outputs, lazy.ome)
+    print("wrote " + ", ".join(map(str, written)))
+
+
+def _moveaxis(arr, source, target):
+    import dask.array as da
+
+    from ..core.errors import UserInputError
+
+    if not -arr.ndim <= source < arr.ndim:
+        raise UserInputError(f"--channel-axis {source} is out of range for an image of {arr.ndim} axes")
+    return da.moveaxis(arr, source, target)
+
+
+@contextlib.contextmanager
+def _scheduler(args):
+    import dask
+
+    from ..core.errors import UserInputError
+
+    if args.dask_address is None:
+        with dask.config.set(scheduler=args.scheduler or "threads", num_workers=args.workers):
+            yield
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UserInputError("--dask-address needs dask.distributed: pip install 'napari-dlvision[scale]'") \
+            from None
+    try:
+        client = Client(args.dask_address, timeout="10s")
+    except (OSError, TimeoutError) as e:
+        raise UserInputError(f"no dask scheduler answered at {args.dask_address}: {e}") from None
+    try:
+        with client.as_current():
+            yield
+    finally:
+        client.close()
+
+

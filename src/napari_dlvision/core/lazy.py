@@ -1,0 +1,409 @@
+"""Prediction of images larger than memory: a dask graph of tiles with halos.
+
+Every pixel model (random forest, U-Net) and the denoiser describe one
+block's work through `block_plan(image_cf, spacing)`: the halo each block
+needs from its neighbours, the number of output channels, and a function of
+a grown block. Here that becomes `map_overlap`-style dask graph (overlap,
+map_blocks, trim), so memory stays flat whatever the image's size, and any
+dask scheduler runs it: local threads (default), local processes, or a
+dask.distributed cluster. Blocks start on multiples of the networks'
+pooling factor and see their whole receptive field, so the result is the
+in-memory one: bit for bit for the forest.
+
+Inputs: Zarr and OME-Zarr arrays and TIFFs (memory-mapped when stored
+plainly, else read tile by tile through tifffile's Zarr view). Outputs:
+Zarr (with OME-Zarr metadata when the input had it) or TIFF, written chunk
+by chunk into a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+
+from .errors import UserInputError
+
+LAZY_INPUT_BYTES = 1 << 31  # a TIFF larger than this is predicted lazily even without --dask options
+CHUNK = {2: 1024, 3: 128}  # default block side per spatial dimensionality
+ZARR_SUFFIXES = (".zarr", ".ome.zarr")
+
+
+@dataclass
+class BlockPlan:
+    halo: tuple[int, ...]  # per spatial axis
+    n_out: int  # output channels
+    multiple: int = 1  # block starts and sides are multiples of this
+    params: object = None  # small numbers the block function needs (e.g. the whole image's normalisation)
+
+
+class ModelBlocks:
+    """The block function of a model, sendable to dask's worker processes.
+
+    It carries the model *file's bytes* (and the plan's small parameters),
+    never a pickled model: each worker loads and validates the file once,
+    like any model file, with no shared file system needed.
+    """
+
+    def __init__(self, model_file, params, spacing):
+        self.data = Path(model_file).read_bytes()
+        self.key = hashlib.sha256(self.data).hexdigest()
+        self.params, self.spacing = params, spacing
+
+    def __call__(self, block):
+        model = _LOADED.get(self.key)
+        if model is None:
+            model = _LOADED[self.key] = _load_bytes(self.data)
+        return model.block_function(self.params, self.spacing)(block)
+
+
+_LOADED: dict = {}  # model files loaded in this (worker) process, by content hash
+
+
+def _load_bytes(data: bytes):
+    import tempfile
+
+    from ..kinds import load_model
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.dlv"
+        path.write_bytes(data)
+        return load_model(path, device="cpu")
+
+
+def is_zarr(path) -> bool:
+    path = Path(path)
+    return path.suffix.lower() == ".zarr" or (path.is_dir() and any(
+        (path / m).is_file() for m in (".zarray", ".zgroup", "zarr.json")))
+
+
+# -- reading ------------------------------------------------------------------
+@dataclass
+class LazyImage:
+    array: object  # dask array, the file's own axis order
+    ome: dict | None = None  # {"axes": [...], "scale": [...], "zarr_format": 2|3, "version": str}
+    channel_axis: int | None = None  # from OME axes when they name one
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError:
+        raise UserInputError("Zarr input or output needs the zarr package: pip install 'napari-dlvision[scale]'") \
+            from None
+    return zarr
+
+
+def open_lazy(path) -> LazyImage:
+    """A dask view of a Zarr/OME-Zarr array or a TIFF, nothing read yet."""
+    import dask.array as da
+
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"{path}: no such file or folder")
+    if is_zarr(path):
+        zarr = _zarr()
+        try:
+            node = zarr.open(str(path), mode="r")
+        except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a broken store
+            raise UserInputError(f"{path}: not a readable Zarr store ({type(e).__name__})") from None
+        if isinstance(node, zarr.Array):
+            return LazyImage(da.from_zarr(node))
+        return _open_ome(path, node, da)
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+    except Exception as e:  # noqa: BLE001 - a broken TIFF has many ways to fail
+        raise UserInputError(f"{path}: not a readable TIFF ({type(e).__name__})") from None
+    try:
+        mm = tifffile.memmap(path, mode="r")  # plain, uncompressed, contiguous
+        return LazyImage(da.from_array(mm, chunks=_chunks_for(shape), lock=False))
+    except (ValueError, OSError):
+        store = tifffile.imread(path, aszarr=True)  # compressed or tiled: decoded tile by tile
+        arr = _zarr().open(store, mode="r")
+        if not isinstance(arr, _zarr().Array):
+            arr = arr["0"]
+        return LazyImage(da.from_zarr(arr))
+
+
+def _chunks_for(shape):
+    return tuple(min(n, 1024) for n in shape)
+
+
+def _open_ome(path, group, da) -> LazyImage:
+    attrs = dict(group.attrs)
+    ome = attrs.get("ome", attrs)
+    ms = ome.get("multiscales") if isinstance(ome, dict) else None
+    if not (isinstance(ms, list) and ms and isinstance(ms[0], dict) and ms[0].get("datasets")):
+        raise UserInputError(f"{path}: a Zarr group without OME-Zarr multiscales; give the array inside it")
+    first = ms[0]
+    ds = first["datasets"][0]
+    if not isinstance(ds, dict) or not isinstance(ds.get("path"), str):
+        raise UserInputError(f"{path}: OME-Zarr multiscales without a dataset path")
+    arr = group[ds["path"]]
+    axes = first.get("axes") or []
+    names = [a.get("name") if isinstance(a, dict) else str(a) for a in axes]
+    types = [a.get("type") if isinstance(a, dict) else None for a in axes]
+    scale = [1.0] * arr.ndim
+    for t in ds.get("coordinateTransformations", []) or []:
+        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale", [])) == arr.ndim:
+            scale = [float(v) for v in t["scale"]]
+    dark = da.from_zarr(arr)
+    full = [dict(a) if isinstance(a, dict) else {"name": str(a)} for a in axes]  # units and all
+    if len(names) != dark.ndim:
+        names, types = [f"dim_{i}" for i in range(dark.ndim)], [None] * dark.ndim
+        full = [{"name": n} for n in names]
+    # One time point at a time: a length-1 time axis is dropped, a longer one refused.
+    for i in [i for i, (n, t) in enumerate(zip(names, types)) if t == "time" or n == "t"][::-1]:
+        if dark.shape[i] != 1:
+            raise UserInputError(f"{path}: {dark.shape[i]} time points; predict one time point at a time")
+        dark = dark[(slice(None),) * i + (0,)]
+        del names[i], types[i], scale[i], full[i]
+    channel = next((i for i, (n, t) in enumerate(zip(names, types)) if t == "channel" or n == "c"), None)
+    if channel is not None and dark.shape[channel] == 1:
+        dark = dark[(slice(None),) * channel + (0,)]
+        del names[channel], types[channel], scale[channel], full[channel]
+        channel = None
+    meta = {"axes": full, "scale": scale, "zarr_format": int(group.metadata.zarr_format),
+            "version": str(first.get("version", ome.get("version", "0.4")))}
+    return LazyImage(dark, meta, channel)
+
+
+# -- threads ------------------------------------------------------------------
+def one_thread_per_block() -> None:
+    """Cap this process's compiled thread pools at one thread: the scheduler
+    runs one block per core, and pools inside each would fight over them."""
+    from .images import limit_threads
+
+    limit_threads(1)
+
+
+@contextlib.contextmanager
+def _restoring_threads():
+    """Blocks computed in this process (threads scheduler) cap its pools; undo
+    that afterwards. Worker processes keep their cap."""
+    from .images import limit_threads
+
+    try:
+        yield
+    finally:
+        limit_threads(None)
+
+
+# -- the graph ----------------------------------------------------------------
+def lazy_outputs(model, image_cf, spacing=None, wanted=("segmentation",), chunk=None, model_file=None) -> dict:
+    """{output name: dask array} for a (C, *spatial) dask array.
+
+    `chunk`: the block side (default CHUNK), rounded to the plan's multiple;
+    "keep" keeps the array's own blocks where the model allows any.
+    `model_file` (the model's file): blocks load the model from its bytes, so
+    any scheduler (processes, a cluster) can run them; without it they call
+    this model object (threads)."""
+    import dask.array as da
+
+    allowed = {"segmentation", "probabilities", "uncertainty", "denoised"}
+    bad = [w for w in wanted if w not in allowed or w not in model.OUTPUTS]
+    if bad:
+        raise UserInputError(f"{', '.join(bad)} cannot be computed tile by tile; lazy prediction gives "
+                             + ", ".join(w for w in model.OUTPUTS if w in allowed))
+    plan = model.block_plan(image_cf, spacing)
+    ndim = image_cf.ndim - 1
+    halo = tuple(-(-h // plan.multiple) * plan.multiple for h in plan.halo)
+    side = None
+    if chunk == "keep" and plan.multiple == 1:  # the caller's blocks, as they are
+        arr = image_cf.rechunk({0: -1})
+    else:
+        side = CHUNK[ndim] if chunk in (None, "keep") else int(chunk)
+        side = max(plan.multiple, side // plan.multiple * plan.multiple)
+        arr = image_cf.rechunk((-1,) + (side,) * ndim)
+    shape = arr.shape[1:]
+    if plan.multiple > 1:
+        # The network pads an image's far end to its multiple (reflect, as
+        # here); padded once here, every block is a multiple and the pixels
+        # near the far end see what they see in memory.
+        pad = [(-n) % plan.multiple for n in shape]
+        if any(pad):
+            mode = "reflect" if all(p < n for p, n in zip(pad, shape)) else "edge"
+            arr = da.pad(arr, [(0, 0)] + [(0, p) for p in pad], mode=mode).rechunk((-1,) + (side,) * ndim)
+    depth = {0: 0, **{i + 1: min(h, n) for i, (h, n) in enumerate(zip(halo, arr.shape[1:]))}}
+    grown = da.overlap.overlap(arr, depth=depth, boundary="none")
+
+    fn = ModelBlocks(model_file, plan.params, spacing) if model_file is not None \
+        else model.block_function(plan.params, spacing)
+    out = grown.map_blocks(_block, fn, chunks=((plan.n_out,),) + grown.chunks[1:], dtype=np.float32)
+
+    out = da.overlap.trim_internal(out, depth, boundary="none")
+    if out.shape[1:] != shape:
+        out = out[(slice(None),) + tuple(slice(0, n) for n in shape)]
+    results = {}
+    for name in wanted:
+        if name in ("probabilities", "denoised"):
+            results[name] = out
+        elif name == "segmentation":
+            results[name] = out.map_blocks(_segmentation, drop_axis=0, dtype=np.uint8 if plan.n_out < 255
+                                           else np.uint16)
+        elif name == "uncertainty":
+            results[name] = out.map_blocks(_uncertainty, drop_axis=0, dtype=np.float32)
+    return results
+
+
+def _block(block, fn):
+    one_thread_per_block()
+    return fn(np.asarray(block))
+
+
+def _segmentation(prob):
+    from .probabilities import segmentation
+
+    return segmentation(prob)
+
+
+def _uncertainty(prob):
+    from .probabilities import uncertainty
+
+    return uncertainty(prob)
+
+
+def sampled_percentile_params(normalisation, image_cf) -> np.ndarray:
+    """Normalisation.params of a dask (C, *spatial) array, from the same regular
+    subsample of the flattened channel the in-memory version takes."""
+    n = int(np.prod(image_cf.shape[1:]))
+    step = max(1, n // normalisation.max_samples)
+    flat_index = np.arange(0, n, step, dtype=np.int64)
+    coords = np.unravel_index(flat_index, image_cf.shape[1:])
+    out = np.empty((image_cf.shape[0], 2), np.float64)
+    for c in range(image_cf.shape[0]):
+        sample = np.asarray(image_cf[c].vindex[coords].compute())
+        out[c] = normalisation.params(sample[None])[0] if sample.size else (0.0, 1.0)
+    return out
+
+
+# -- writing ------------------------------------------------------------------
+def check_lazy_output(path) -> None:
+    path = Path(path)
+    if is_zarr(path):
+        _zarr()
+        if path.exists() and not is_zarr(path):
+            raise UserInputError(f"{path} exists and is not a Zarr store; it would be replaced")
+    elif path.suffix.lower() not in (".tif", ".tiff"):
+        raise UserInputError(f"{path}: an image larger than memory is written as .zarr or .tif")
+    if not path.resolve().parent.is_dir():
+        raise UserInputError(f"cannot write {path}: output folder does not exist")
+
+
+def store(outputs: dict, ome: dict | None = None, progress: bool = True) -> list[Path]:
+    """Compute and write {path: dask array} together, each into a temporary
+    name renamed into place at the end; on any failure nothing is left."""
+    import dask.array as da
+
+    targets, temps, finals = [], [], []
+    try:
+        for path, arr in outputs.items():
+            path = Path(path)
+            tmp = path.resolve().parent / f".{path.name[:100]}.{secrets.token_hex(6)}.partial{path.suffix[:20]}"
+            temps.append(tmp)
+            finals.append((tmp, path))
+            targets.append(_create_zarr(tmp, arr, ome) if is_zarr(path) else _create_tiff(tmp, arr))
+        sources = list(outputs.values())
+        with _progress(progress), _restoring_threads():
+            da.store(sources, targets, lock=False)
+        for tmp, path in finals:
+            _replace(tmp, path)
+        return [p for _, p in finals]
+    except BaseException:
+        for tmp in temps:
+            _remove(tmp)
+        raise
+
+
+def _create_tiff(tmp, arr):
+    import tifffile
+
+    # A plain (uncompressed, contiguous) TIFF, written through a memory map;
+    # BigTIFF when it needs it.
+    mm = tifffile.memmap(tmp, shape=arr.shape, dtype=arr.dtype, bigtiff=arr.nbytes > 2**32 - 2**25)
+    target = MemmapTarget(mm.filename, mm.offset, mm.shape, mm.dtype)
+    del mm
+    return target
+
+
+class MemmapTarget:
+    """Where blocks go in a memory-mapped TIFF, by file name: a memory map
+    sent to another process would arrive as a copy (and the writes be lost)."""
+
+    def __init__(self, path, offset, shape, dtype):
+        self.path, self.offset, self.shape, self.dtype = str(path), int(offset), tuple(shape), np.dtype(dtype)
+
+    def __setitem__(self, key, value):
+        mm = np.memmap(self.path, mode="r+", dtype=self.dtype, shape=self.shape, offset=self.offset)
+        mm[key] = value
+        mm.flush()
+        del mm
+
+
+def _create_zarr(tmp, arr, ome):
+    zarr = _zarr()
+    chunks = tuple(c[0] for c in arr.chunks)
+    if ome is None:
+        return zarr.create_array(str(tmp), shape=arr.shape, chunks=chunks, dtype=arr.dtype)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=ome["zarr_format"])
+    target = group.create_array("0", shape=arr.shape, chunks=chunks, dtype=arr.dtype)
+    axes, scale = list(ome["axes"]), list(ome["scale"])
+    spatial = [a for a in axes if a.get("type") != "channel" and a.get("name") != "c"]
+    keep = [i for i, a in enumerate(axes) if a in spatial]
+    axes, scale = [axes[i] for i in keep], [scale[i] for i in keep]
+    if arr.ndim == len(axes) + 1:  # probabilities, denoised channels: a channel axis first
+        axes, scale = [{"name": "c", "type": "channel"}] + axes, [1.0] + scale
+    multiscales = [{"version": ome["version"], "name": "napari-dlvision", "axes": axes,
+                    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]
+    if ome["zarr_format"] >= 3:
+        group.attrs["ome"] = {"version": ome["version"], "multiscales": multiscales}
+    else:
+        group.attrs["multiscales"] = multiscales
+    return target
+
+
+@contextlib.contextmanager
+def _progress(show):
+    if not show:
+        yield
+        return
+    try:  # a distributed client shows its own dashboard; locally a bar on stderr
+        from distributed import get_client
+
+        get_client()
+        yield
+        return
+    except (ImportError, ValueError):
+        pass
+    import sys
+
+    from dask.diagnostics import ProgressBar
+
+    with ProgressBar(out=sys.stderr, dt=1.0):
+        yield
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    if not path.exists() or path.is_file() and tmp.is_file():
+        os.replace(tmp, path)
+        return
+    old = path.parent / f".{path.name[:100]}.{secrets.token_hex(6)}.old"
+    os.replace(path, old)  # a folder cannot be replaced in one step: swap, then delete the old
+    os.replace(tmp, path)
+    _remove(old)
+
+
+def _remove(p: Path) -> None:
+    with contextlib.suppress(OSError):
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
