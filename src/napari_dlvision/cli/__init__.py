@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     from ..core.errors import UserInputError
 
     try:
+        if getattr(args, "distributed", False):
+            return _run_distributed(args)
         args.run(args)
     except UserInputError as e:
         print(f"dlvision: error: {_one_line(str(e))}", file=sys.stderr)
@@ -77,6 +79,28 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("dlvision: interrupted; no partial output was left behind", file=sys.stderr)
         return 130
+    return 0
+
+
+def _run_distributed(args) -> int:
+    """One torchrun rank: join the group, train, leave it; only rank 0 prints."""
+    import contextlib
+    import os
+
+    from ..dl import distributed
+
+    args.device = distributed.start(args.device)
+    try:
+        if distributed.is_main():
+            print(f"training on {distributed.world_size()} processes ({args.device})", flush=True)
+            args.run(args)
+        else:
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                args.run(args)
+    except BaseException:
+        distributed.stop(together=False)
+        raise
+    distributed.stop()
     return 0
 
 

@@ -51,6 +51,30 @@ def training_options(p, steps: int):
                    help="stop at this wall time and keep the weights chosen so far")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, default=0)
+    distributed_option(p)
+
+
+def distributed_option(p):
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training under torchrun (one process per GPU or CPU slot); "
+                        "rank 0 writes the model")
+
+
+def save_trained(model, path) -> None:
+    """Write the trained model; under torchrun only rank 0 writes, once every
+    rank is shown to hold the same weights."""
+    from ..dl import distributed
+
+    if distributed.active():
+        if not distributed.check_identical(model.net):
+            from ..core.errors import UserInputError
+
+            raise UserInputError("the ranks' weights differ after training; no model was written")
+        if not distributed.is_main():
+            return
+        print(f"weights identical on all {distributed.world_size()} ranks", flush=True)
+    model.save(path)
+    print(f"wrote {path}", flush=True)
 
 
 def check_outputs(inputs, outputs):

@@ -52,6 +52,8 @@ def add_arguments(p):
                      help="blocks computed at once (default: one per core)")
     big.add_argument("--dask-address", default=None,
                      help="run on an existing dask.distributed scheduler, e.g. tcp://10.0.0.5:8786")
+    big.add_argument("--overwrite", action="store_true",
+                     help="replace outputs that exist (large outputs are refused otherwise)")
 
 
 def task_options(args, kind, model) -> dict:

@@ -52,11 +52,13 @@ def run(args, kind):
     if args.scheduler is not None and args.dask_address is not None:
         raise UserInputError("give --scheduler or --dask-address, not both")
     extra = {k: getattr(args, k) for k in ("probabilities", "uncertainty") if getattr(args, k) is not None}
-    check_outputs([args.image, args.model], [args.out, *extra.values()])
+    check_outputs([args.image, args.model], [args.out, *extra.values()], folders_ok=True)
     if args.image.is_dir() and any(outputs_inside(args.image, p) for p in [args.out, *extra.values()]):
         raise UserInputError(f"an output inside the input store {args.image} would change the input")
     for path in [args.out, *extra.values()]:
         check_lazy_output(path)
+        if path.exists() and not args.overwrite:
+            raise UserInputError(f"{path} exists; add --overwrite to replace it")
     model = kind.load(args.model)
     lazy = open_lazy(args.image)
     channel_axis = args.channel_axis if args.channel_axis is not None else lazy.channel_axis

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_outputs, int_in, positive_float
+from .common import check_outputs, distributed_option, int_in, positive_float, save_trained
 
 ARCH_CHOICES = ("fast", "logreg", "mlp", "filters-mlp", "cnn", "cnn-bn", "resnet18")  # = dl.classify_nets.ARCHS
 
@@ -25,6 +25,7 @@ def add_arguments(p):
     p.add_argument("--time-limit", type=positive_float, default=None, metavar="SECONDS",
                    help="train for this long; the learning-rate schedule is fitted into it")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    distributed_option(p)
     p.add_argument("--labels-csv", type=Path, default=None, help="CSV with path and label columns for DIR's images")
     p.add_argument("--validation", type=Path, default=None,
                    help="labelled data to pick weights by (default: 10%% of DIR, at most 1000 images)")
@@ -79,5 +80,4 @@ def run(args):
     evaluation = last.payload.get("evaluation") if last is not None else None
     if evaluation is not None:
         print(f"validation: accuracy {evaluation.accuracy:.4f} on {evaluation.n} images", flush=True)
-    clf.save(args.out)
-    print(f"wrote {args.out}")
+    save_trained(clf, args.out)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_outputs, floats, int_in, positive_float, training_options
+from .common import check_outputs, floats, int_in, positive_float, save_trained, training_options
 
 
 def add_arguments(p):
@@ -158,5 +158,4 @@ def run(args):
             print(f"step {ev.done}/{ev.total}  loss {ev.smoothed_loss:.5f}  {ev.seconds:.0f} s", flush=True)
     if denoiser.training.get("steps", 0) == 0:
         raise UserInputError("training ended before its first step; no model was written")
-    denoiser.save(args.out)
-    print(f"wrote {args.out}")
+    save_trained(denoiser, args.out)

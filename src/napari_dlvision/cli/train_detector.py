@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_outputs, int_in, positive_float, training_options
+from .common import check_outputs, int_in, positive_float, save_trained, training_options
 
 
 def add_arguments(p):
@@ -134,5 +134,4 @@ def run(args):
         elif ev.done % every == 0:
             scores = "".join(f"  {k} {v:.3f}" for k, v in ev.metrics.items())
             print(f"step {ev.done}/{ev.total}  loss {ev.smoothed_loss:.4f}{scores}  {ev.seconds:.0f} s", flush=True)
-    det.save(args.out)
-    print(f"wrote {args.out}")
+    save_trained(det, args.out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_outputs, floats, int_in, positive_float, read_pairs, training_options
+from .common import check_outputs, floats, int_in, positive_float, read_pairs, save_trained, training_options
 
 
 def add_arguments(p):
@@ -69,5 +69,4 @@ def run(args):
             print(ev.message, flush=True)
         elif ev.stage == "training" and ev.done % every == 0:
             print(f"step {ev.done}/{ev.total}  loss {ev.smoothed_loss:.4f}  {ev.seconds:.0f} s", flush=True)
-    seg.save(args.out)
-    print(f"wrote {args.out}")
+    save_trained(seg, args.out)

@@ -158,8 +158,10 @@ def write_tif(path, array: np.ndarray) -> Path:
     return write_image(path, array)
 
 
-def check_outputs(inputs, outputs) -> None:
+def check_outputs(inputs, outputs, folders_ok=False) -> None:
     """Refuse outputs that would overwrite an input or each other; call before any work.
+
+    `folders_ok`: outputs may be folders (Zarr stores), replaced whole.
 
     `inputs` and `outputs` are iterables of paths; None entries (outputs not
     asked for) are skipped. Paths are compared after resolving symlinks,
@@ -173,7 +175,7 @@ def check_outputs(inputs, outputs) -> None:
     seen: list[tuple[Path, str]] = []
     for out in outs:
         real = os.path.realpath(out)
-        if os.path.isdir(real):
+        if os.path.isdir(real) and not folders_ok:
             raise UserInputError(f"output {out} is a folder; give a file name")
         if not os.path.isdir(os.path.dirname(real)):
             raise UserInputError(f"cannot write {out}: output folder does not exist")

@@ -40,6 +40,23 @@ class BlockPlan:
     n_out: int  # output channels
     multiple: int = 1  # block starts and sides are multiples of this
     params: object = None  # small numbers the block function needs (e.g. the whole image's normalisation)
+    side: int | None = None  # preferred block side (default CHUNK)
+
+
+BLOCK_BYTES = 256 << 20  # a network's working memory per block: one block per core runs at once
+
+
+def network_block_side(ndim: int, halo: int, multiple: int, bytes_per_voxel: float) -> int:
+    """The block side whose grown block's inference fits in BLOCK_BYTES; where
+    the halo would dwarf such a block (3D), CHUNK, tiled inside (one_pass)."""
+    grown = (BLOCK_BYTES / bytes_per_voxel) ** (1 / ndim)
+    side = int(grown - 2 * halo) // multiple * multiple
+    return int(min(CHUNK[ndim], side)) if side >= max(4 * multiple, halo) else CHUNK[ndim]
+
+
+def one_pass(block_shape, bytes_per_voxel: float) -> bool:
+    """Whether a network runs over a whole grown block at once (else in tiles)."""
+    return float(np.prod(block_shape)) * bytes_per_voxel <= 2 * BLOCK_BYTES
 
 
 class ModelBlocks:
@@ -220,7 +237,7 @@ def lazy_outputs(model, image_cf, spacing=None, wanted=("segmentation",), chunk=
     if chunk == "keep" and plan.multiple == 1:  # the caller's blocks, as they are
         arr = image_cf.rechunk({0: -1})
     else:
-        side = CHUNK[ndim] if chunk in (None, "keep") else int(chunk)
+        side = (plan.side or CHUNK[ndim]) if chunk in (None, "keep") else int(chunk)
         side = max(plan.multiple, side // plan.multiple * plan.multiple)
         arr = image_cf.rechunk((-1,) + (side,) * ndim)
     shape = arr.shape[1:]

@@ -28,6 +28,7 @@ from ..core.errors import UserInputError
 from .classify import ImageClassifier
 from .classify_nets import AUGMENTED, n_parameters
 from .devices import pick_device
+from .distributed import data_seed, world_size
 from .loop import FitSettings, fit
 
 # Per architecture: optimiser, learning rate, weight decay, batch, epochs, label smoothing, schedule.
@@ -185,9 +186,11 @@ def train_classifier(clf: ImageClassifier, data, settings: ClassifierSettings | 
         batch = min(batch, max(16, len(train_idx) // 8))
     batch = max(1, min(batch, len(train_idx)))
     epochs = settings.epochs or recipe["epochs"]
-    steps = max(1, math.ceil(epochs * len(train_idx) / batch))
+    # Under torchrun every rank draws its own batches: an epoch takes 1/world of the steps.
+    steps = max(1, math.ceil(epochs * len(train_idx) / (batch * world_size())))
     source = BatchSource(clf, _device_images(data.images[train_idx], device),
-                         torch.from_numpy(labels[train_idx]).to(device), augment, settings.translate, settings.seed)
+                         torch.from_numpy(labels[train_idx]).to(device), augment, settings.translate,
+                         data_seed(settings.seed))
     smoothing = recipe["smoothing"] if settings.label_smoothing is None else settings.label_smoothing
     fit_settings = FitSettings(
         steps=steps, batch_size=batch, lr=settings.lr or recipe["lr"],

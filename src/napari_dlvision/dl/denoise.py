@@ -205,10 +205,11 @@ class Denoiser:
     def block_plan(self, image_cf, spacing=None):
         """How blocks of a larger-than-memory image are denoised (core.lazy):
         normalised with the whole image's parameters (as `norm_params`)."""
-        from ..core.lazy import BlockPlan, sampled_percentile_params
+        from ..core.lazy import BlockPlan, network_block_side, sampled_percentile_params
 
         self.check_compatible(np.empty((image_cf.shape[0],) + (2,) * (image_cf.ndim - 1), np.float32))
         params = sampled_percentile_params(self.normalisation, image_cf)
+        side = network_block_side(self.ndim, self.halo, self.net.multiple, self.bytes_per_voxel)
         constant = []
         for c, (lo, scale) in enumerate(params):
             if 1.0 / scale > _DEGENERATE * max(abs(lo), 1.0):
@@ -217,10 +218,12 @@ class Denoiser:
             params[c] = (lo_c, 1.0) if hi_c <= lo_c else (lo_c, 1.0 / (hi_c - lo_c))
             if hi_c <= lo_c:
                 constant.append(c)
-        return BlockPlan((self.halo,) * self.ndim, self.n_channels, self.net.multiple, (params, constant))
+        return BlockPlan((self.halo,) * self.ndim, self.n_channels, self.net.multiple, (params, constant), side)
 
     def block_function(self, params, spacing=None):
         """One grown block denoised, test-time augmentation within the block, in the input's units."""
+        from ..core.lazy import one_pass
+
         params, constant = params
         views = dihedral(self.ndim) if self.tta else [(_same, _same)]
 
@@ -230,7 +233,8 @@ class Denoiser:
             for forward, back in views:
                 view = np.ascontiguousarray(forward(img))
                 part = np.empty_like(view)
-                for _ in self.iter_denoise_normalised(view, part):
+                whole = view.shape[1:] if one_pass(view.shape[1:], self.bytes_per_voxel) else None
+                for _ in self.iter_denoise_normalised(view, part, tile_shape=whole):  # grown by the halo already
                     pass
                 out += back(part)
             out = Normalisation.invert(out / len(views), params)

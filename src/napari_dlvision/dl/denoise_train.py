@@ -31,6 +31,7 @@ from .augment import Augmentation, patch_edges
 from .blind_spot import blind_spot, check_settings
 from .denoise import Denoiser
 from .devices import free_memory, pick_device
+from .distributed import data_seed
 from .loop import FitSettings, fit
 
 DEFAULT_PATCH = {2: 64, 3: 32}
@@ -238,7 +239,7 @@ def train_denoiser(denoiser: Denoiser, noisy, pairs=None, targets=None, settings
     settings.check()
     fields_ = prepare_fields(denoiser, noisy, pairs, targets, channel_axis, frames)
     device = pick_device(settings.device)
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(data_seed(settings.seed))  # each torchrun rank its own patches
     torch.manual_seed(settings.seed)
     first = fields_[0].noisy[0]
     ndim, n_channels = first.ndim - 1, first.shape[0]

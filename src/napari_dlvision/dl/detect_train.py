@@ -28,6 +28,7 @@ from . import centernet
 from .box_sampler import BORDER_FRACTION, BoxAugmentation, BoxPatchSampler
 from .detector import Detector, select
 from .devices import pick_device
+from .distributed import data_seed
 from .loop import FitSettings, fit
 
 EMPTY_PLANES = ("skip", "negative")
@@ -198,7 +199,7 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
         detector, images, boxes, channel_axis, settings.empty_planes)
     val = prepare_validation(detector, validation, channel_axis)
     device = pick_device(settings.device)
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(data_seed(settings.seed))  # each torchrun rank its own patches
     torch.manual_seed(settings.seed)
     sides = np.concatenate([b[:, 2:] - b[:, :2] for b, _ in targets])
     if detector.net is None:

@@ -31,6 +31,7 @@ import torch
 
 from ..core.errors import UserInputError
 from ..core.events import Progress
+from . import distributed
 from .devices import describe, pick_device, retry_on_oom
 
 SCHEDULES = ("cosine", "constant", "onecycle")
@@ -194,6 +195,9 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
     device = pick_device(settings.device)
     torch.manual_seed(settings.seed)
     net.to(device)
+    # Under torchrun (dl.distributed) steps go through DistributedDataParallel,
+    # which averages the gradients of all ranks; everything else sees `net`.
+    stepped = distributed.wrap(net, device)
     opt = _make_optimiser(net, settings)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, settings.lr_factor)
     amp = settings.amp and device.type == "cuda"
@@ -209,7 +213,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
         batch = to_device(batches(n), device)
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16 if bf16 else torch.float16, enabled=amp or bf16):
-            loss = loss_fn(net, batch)
+            loss = loss_fn(stepped, batch)
         loss = loss.float()
         if amp:
             scaler.scale(loss).backward()
@@ -255,21 +259,24 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             if settings.time_schedule and settings.time_limit:
                 # Where a time limit ends the run before its steps, the schedule
                 # must still reach its end: follow the clock when it is ahead.
-                ahead = (clock() - t0) / settings.time_limit * total
+                ahead = distributed.from_rank0((clock() - t0) / settings.time_limit * total, device)
                 sched.last_epoch = max(step, min(total - 1, int(ahead))) - 1
             sched.step()
             checked = step % settings.check_every == 0 or step == total
-            if not (math.isfinite(loss) and (not checked or finite_state(net))):
+            bad = not (math.isfinite(loss) and (not checked or finite_state(net)))
+            if distributed.any_rank(bad, device):  # ranks stop together, or the others would wait forever
                 stopped = "diverged"
                 messages.append("the loss is no longer a number: stopped; try a lower learning rate")
                 net.load_state_dict(last_good)
                 break
+            distributed.sync_buffers(net)
             if averaged is not None:
                 averaged.update(net)
             if step % 25 == 0:
                 last_good = _copy_state(net)
             ema_loss, ema_w = 0.9 * ema_loss + 0.1 * loss, 0.9 * ema_w + 0.1
-            over = settings.time_limit is not None and clock() - t0 >= settings.time_limit
+            over = distributed.any_rank(settings.time_limit is not None and clock() - t0 >= settings.time_limit,
+                                        device)
             # The last step is validated however the run ends, so a time limit keeps the best weights too.
             if validate is not None and (step % val_every == 0 or step == total or over):
                 metrics = {k: float(v) for k, v in evaluated(validate).items()}

@@ -27,6 +27,7 @@ from ..core.labels import as_label_array, check_classes
 from ..core.metrics import iou
 from .augment import Augmentation, patch_edges
 from .devices import check_fits_in_ram, free_memory, pick_device
+from .distributed import data_seed
 from .loop import FitSettings, fit
 from .segmenter import UNetSegmenter
 from .targets import IGNORE, balanced_weights, class_counts, dense_targets, sparse_targets
@@ -315,7 +316,7 @@ def train_unet(segmenter: UNetSegmenter, images, targets, settings: TrainSetting
     imgs, tgts, n_classes = prepare_data(segmenter, images, targets, channel_axis)
     val = prepare_validation(segmenter, validation, channel_axis)
     device = pick_device(settings.device)
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(data_seed(settings.seed))  # each torchrun rank its own patches
     torch.manual_seed(settings.seed)
     ndim, n_channels = imgs[0].ndim - 1, imgs[0].shape[0]
     fresh = segmenter.net is None

@@ -177,15 +177,21 @@ class UNetSegmenter(PixelModel):
         """How blocks of a larger-than-memory image are predicted (core.lazy):
         normalised with the whole image's percentiles, taken from the same
         subsample as in memory."""
-        from ..core.lazy import BlockPlan, sampled_percentile_params
+        from ..core.lazy import BlockPlan, network_block_side, sampled_percentile_params
 
         self.check_compatible(np.empty((image_cf.shape[0],) + (2,) * (image_cf.ndim - 1), np.float32))
         params = sampled_percentile_params(self.normalisation, image_cf)
-        return BlockPlan((self.halo,) * self.ndim, self.n_classes, self.net.multiple, params)
+        side = network_block_side(self.ndim, self.halo, self.net.multiple, self.bytes_per_voxel)
+        return BlockPlan((self.halo,) * self.ndim, self.n_classes, self.net.multiple, params, side)
 
     def block_function(self, params, spacing=None):
+        from ..core.lazy import one_pass
+
         def block_proba(block):
-            return self.predict_normalised(self.normalisation.apply(as_channels_first(block, 0), params))
+            img = self.normalisation.apply(as_channels_first(block, 0), params)
+            if one_pass(img.shape[1:], self.bytes_per_voxel):  # grown by the halo already
+                return self.predict_normalised(img, tile_shape=img.shape[1:], halo=0)
+            return self.predict_normalised(img)
 
         return block_proba
 
