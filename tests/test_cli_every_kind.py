@@ -92,6 +92,44 @@ def test_train_info_predict_and_load(name, data, tmp_path):
     assert r.returncode == 0, r.stderr
     check_onnx_matches_torch(exported, loaded)
 
+    package = tmp_path / "model.zip"
+    r = dlvision("export", "--model", model, "--format", "bioimageio", "--out", package)
+    if name not in ("pixel-unet", "denoiser"):
+        assert r.returncode == 1 and "U-Net and denoiser" in r.stderr and not package.exists()
+        return
+    assert r.returncode == 0, r.stderr
+    check_bioimageio_package(package, loaded)
+
+
+def check_bioimageio_package(path, model):
+    """bioimage.io's validator accepts the package, and its test input, run as the
+    package describes it, gives its test output."""
+    import io
+    import zipfile
+
+    import numpy as np
+    import onnxruntime as ort
+    from bioimageio.spec import load_description
+    from bioimageio.spec.model.v0_5 import ModelDescr
+
+    descr = load_description(path)
+    assert isinstance(descr, ModelDescr), descr.validation_summary.format()
+    assert descr.config.model_extra["napari_dlvision"]["kind"] == model.metadata()["kind"]
+    kwargs = next(p for p in descr.inputs[0].preprocessing if p.id == "scale_range").kwargs
+    with zipfile.ZipFile(path) as z:
+        x = np.load(io.BytesIO(z.read("test_input.npy")))
+        expected = np.load(io.BytesIO(z.read("test_output.npy")))
+        onnx_bytes = z.read("model.onnx")
+    axes = tuple(range(2, x.ndim))
+    lo = np.percentile(x, kwargs.min_percentile, axis=axes, keepdims=True)
+    hi = np.percentile(x, kwargs.max_percentile, axis=axes, keepdims=True)
+    y = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"]).run(
+        None, {"input": ((x - lo) / (hi - lo + kwargs.eps)).astype(np.float32)})[0]
+    if any(p.id == "softmax" for p in descr.outputs[0].postprocessing):  # the U-Net
+        y = np.exp(y - y.max(1, keepdims=True))
+        y /= y.sum(1, keepdims=True)
+    assert y.shape == expected.shape and np.abs(y - expected).max() <= 1e-4
+
 
 def check_onnx_matches_torch(path, model):
     """onnxruntime on the exported file gives the network's output (1e-4), on an input of a new size."""

@@ -1,18 +1,23 @@
 """Write a model file in another format that the field uses.
 
     dlvision export --model MODEL --format onnx --out MODEL.onnx
+    dlvision export --model MODEL --format bioimageio --out PACKAGE.zip    # U-Net and denoiser
 
 ONNX: the network of any torch model (U-Net, denoiser, image classifier,
 centre-point detector), checked with onnxruntime against torch before it is
-written; the model file's JSON rides along in the ONNX metadata. Needs the
-`export` extra (`pip install napari-dlvision[export]`).
+written; the model file's JSON rides along in the ONNX metadata.
+bioimage.io: a model package (ONNX weights, description, test input and
+output, the normalisation as pre-processing), checked by re-running its test
+input before it is written. Both need the `export` extra
+(`pip install 'napari-dlvision[export]'`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "bioimageio")
+SUFFIX = {"onnx": ".onnx", "bioimageio": ".zip"}
 
 
 def add_arguments(p):
@@ -27,19 +32,29 @@ def run(args):
     from .common import check_outputs
 
     check_outputs([args.model], [args.out])
-    if args.out.suffix.lower() != ".onnx":
-        raise UserInputError(f"--out {args.out}: an ONNX file is named *.onnx")
+    if args.out.suffix.lower() != SUFFIX[args.format]:
+        raise UserInputError(f"--out {args.out}: a {args.format} export is named *{SUFFIX[args.format]}")
     kind = kinds.kind_of(args.model)
     if not kind.uses_torch:
-        raise UserInputError(f"{args.model} is a {kind.title}, not a network: ONNX export is for torch models")
+        raise UserInputError(f"{args.model} is a {kind.title}, not a network: export is for torch models")
+    if args.format == "bioimageio" and kind.name not in ("pixel-unet", "denoiser"):
+        raise UserInputError(f"bioimage.io export is for U-Net and denoiser models; {args.model} is a {kind.title}")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
-        raise UserInputError("ONNX export needs onnx, onnxscript and onnxruntime: "
+        raise UserInputError("export needs onnx, onnxscript and onnxruntime: "
                              "pip install 'napari-dlvision[export]'") from None
     model = kind.load(args.model, device="cpu")
+    if args.format == "bioimageio":
+        from ..dl.export_bioimageio import export_bioimageio
+
+        done = export_bioimageio(model, args.out, name=args.model.stem)
+        checks = done["test"]
+        print(f"wrote {done['path']}; its test input gives the plugin's output within {checks['package']:.1e}"
+              f" (bioimageio.core's test: {checks['bioimageio.core']})")
+        return
     from ..dl.export_onnx import export_onnx
 
     done = export_onnx(model, args.out)
