@@ -165,3 +165,36 @@ def test_stop_while_the_forest_teacher_runs_keeps_no_model(qtbot, make_napari_vi
     assert w.last_error is None, w.last_error
     assert w.model is None and w.status.text() == "Stopped."
     assert not w.plot.loss and "big segmentation (U-Net)" not in viewer.layers
+
+
+def test_export_run_is_trained_by_the_cli_and_loaded_back(widget, qtbot, tmp_path):
+    import subprocess
+    import sys
+
+    widget.settings_form.set_value("steps", 3)
+    widget.settings_form.set_value("batch_size", 2)
+    widget.settings_form.set_value("patch_size", 32)
+    widget.settings_form.set_value("device", "cpu")
+    widget.settings_form.set_value("flips", False)
+    labels = widget.viewer.layers["cells annotations"]
+    before = np.array(labels.data)
+    widget.export_run(tmp_path)
+    wait_idle(qtbot, widget, TIMEOUT_MS)
+    assert widget.last_error is None
+    assert "run.json" in widget.status.text() and "dlvision run" in widget.status.text()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "labels.tif"), before)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "image.tif"), widget.viewer.layers["cells"].data)
+    assert (labels.data == before).all()  # the user's layer is only read
+
+    widget.export_run(tmp_path)  # the folder is no longer empty: refused, nothing replaced
+    assert "already holds image.tif" in widget.last_error
+
+    r = subprocess.run([sys.executable, "-m", "napari_dlvision.cli", "run", tmp_path / "run.json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "unet.dlv").is_file()
+    widget.load_model(tmp_path / "unet.dlv")
+    wait_idle(qtbot, widget, TIMEOUT_MS)
+    assert widget.model is not None and widget.model.training["steps"] == 3
+    assert widget.model.training["settings"]["flips"] is False  # the widget's settings made it through
+    assert "Loaded unet.dlv" in widget.status.text()

@@ -6,6 +6,7 @@
     dlvision evaluate --model MODEL ...
     dlvision info MODEL
     dlvision export --model MODEL --format onnx --out MODEL.onnx
+    dlvision run RUN.json [EXTRA ARGS]
 
 `train` has one sub-command per registered model kind (napari_dlvision.kinds);
 each kind's module adds its options and runs its training. Errors the user
@@ -44,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(sp)
         sp.set_defaults(run=module.run)
 
-    from . import evaluate, export, info, predict
+    from . import evaluate, export, info, predict, run
 
-    for name, module in (("predict", predict), ("evaluate", evaluate), ("info", info), ("export", export)):
+    for name, module in (("predict", predict), ("evaluate", evaluate), ("info", info), ("export", export),
+                         ("run", run)):
         sp = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
         module.add_arguments(sp)
         sp.set_defaults(run=module.run)

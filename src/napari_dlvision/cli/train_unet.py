@@ -25,6 +25,8 @@ def add_arguments(p):
     p.add_argument("--batch-size", type=int_in(0, 4096), default=0, help="0 (default): from the device's memory")
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the trainer's)")
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
+    for name in ("flips", "rot90", "intensity"):
+        p.add_argument(f"--no-{name}", action="store_true", help=f"no {name} in the augmentation")
     training_options(p, steps=500)
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the image holding channels (default: guessed from the shapes)")
@@ -60,7 +62,9 @@ def run(args):
     else:
         seg = UNetSegmenter(args.preset, mode, device=args.device)
     settings = TrainSettings(steps=args.steps, patch_size=args.patch_size, batch_size=args.batch_size,
-                             elastic=args.elastic, device=args.device, time_limit=args.time_limit, seed=args.seed)
+                             elastic=args.elastic, flips=not args.no_flips, rot90=not args.no_rot90,
+                             intensity=not args.no_intensity, device=args.device, time_limit=args.time_limit,
+                             seed=args.seed)
     if args.lr is not None:
         settings.lr = args.lr
     every = max(1, args.steps // 20)
@@ -70,3 +74,23 @@ def run(args):
         elif ev.stage == "training" and ev.done % every == 0:
             print(f"step {ev.done}/{ev.total}  loss {ev.smoothed_loss:.4f}  {ev.seconds:.0f} s", flush=True)
     save_trained(seg, args.out)
+
+
+def run_command(settings: dict, mode: str, preset: str, channel_axis=None, spacing=None) -> list[str]:
+    """The `train unet` command for the widget's settings, on image.tif and
+    labels.tif beside the run file (what the widget's "Export run…" writes)."""
+    cmd = ["train", "unet", "--image", "image.tif", "--labels", "labels.tif", "--out", "unet.dlv",
+           "--preset", preset, "--steps", str(int(settings["steps"])),
+           "--patch-size", str(int(settings["patch_size"])), "--batch-size", str(int(settings["batch_size"])),
+           "--lr", repr(float(settings["lr"])), "--device", settings["device"]]
+    if mode == "dense":
+        cmd.append("--dense")
+    if settings.get("elastic"):
+        cmd.append("--elastic")
+    cmd += [f"--no-{k}" for k in ("flips", "rot90", "intensity") if not settings.get(k, True)]
+    if channel_axis is not None:
+        cmd += ["--channel-axis", str(int(channel_axis))]
+    if spacing is not None:
+        cmd += ["--spacing", ",".join(repr(float(s)) for s in spacing)]
+    return cmd
+

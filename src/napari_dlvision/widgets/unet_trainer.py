@@ -38,6 +38,20 @@ FIELDS = [
 ]
 
 
+def _export_run_job(folder, image, labels, command):
+    """Write the run's files (each atomically), as Progress events."""
+    from ..core.events import Progress
+    from ..core.io import write_image
+    from ..core.runfile import write_run
+
+    yield Progress("writing", 0, 3, "Writing the image…")
+    write_image(folder / "image.tif", np.asarray(image))
+    yield Progress("writing", 1, 3, "Writing the labels…")
+    write_image(folder / "labels.tif", np.asarray(labels))
+    write_run(folder / "run.json", command)
+    yield Progress("done", 3, 3, None)
+
+
 def _train_job(holder, resume_from, preset, mode, device, images, labels, axis, spacing, settings_kw, names):
     """The worker's side of training: import torch there, build or reuse the model, train."""
     from .torch_import import import_torch
@@ -91,6 +105,12 @@ class UNetWidget(ModelWidget):
             self.panel.stop_btn, self.panel.progress, self.panel.status, self.panel.plot)
         lay.addWidget(self.panel)
         lay.addWidget(ModelRow("U-Net", "unet.dlv", self.save_model, self.load_model))
+        self.export_run_btn = QPushButton("Export run for the command line…")
+        self.export_run_btn.setToolTip("Write the image, the labels and a run file into an empty folder; "
+                                       "`dlvision run FOLDER/run.json` trains the same U-Net there or on a "
+                                       "cluster (add --distributed under torchrun); Load… opens the result")
+        self.export_run_btn.clicked.connect(self._export_run_dialog)
+        lay.addWidget(self.export_run_btn)
         self.apply_combo = self.picker(Image, accept=lambda la: "napari_dlvision_output" not in la.metadata)
         lay.addWidget(ApplyRow(self.apply_combo, self.predict_layer, self.predict_folder_dialog_done,
                                "Predict layer", "Predict folder…"))
@@ -232,6 +252,48 @@ class UNetWidget(ModelWidget):
         self.plot.clear()
         self.say(f"Loaded {path.name}: {seg.ndim}D U-Net, {seg.mode} mode, {seg.n_classes} classes, "
                  f"trained {seg.training.get('steps_total', '?')} steps.")
+
+    # -- a run for the command line -----------------------------------------
+    def export_run(self, folder):
+        """Write image.tif, labels.tif and run.json (the `train unet` command of
+        these settings) into `folder`, which must not hold them yet."""
+        if self.busy():
+            return None
+        from ..cli.train_unet import run_command
+
+        try:
+            if self.folder_data is not None:
+                raise UserInputError("a folder is trained from where it is: run "
+                                     "`dlvision train unet --masks-dir FOLDER ...` instead")
+            images, labels, axis, spacing, _ = self._training_data()
+            if len(images) != 1:
+                raise UserInputError("an exported run holds one image and its labels: untick "
+                                     "'Also every other pair'")
+            folder = Path(folder)
+            if not folder.is_dir():
+                raise UserInputError(f"{folder} is not a folder")
+            taken = [n for n in ("image.tif", "labels.tif", "run.json", "unet.dlv") if (folder / n).exists()]
+            if taken:
+                raise UserInputError(f"{folder} already holds {', '.join(taken)}; choose an empty folder")
+            command = run_command(self.settings(), self.mode(), self.settings_form.values()["preset"],
+                                  axis, spacing)
+        except UserInputError as e:
+            return self.error(str(e))
+        return self.start(_export_run_job(folder, images[0], labels[0], command), self._on_export_event,
+                          self._on_export_end, folder=folder)
+
+    def _on_export_event(self, ev, job):
+        self.panel.show_progress(ev)
+
+    def _on_export_end(self, job):
+        if job.error is None and job.complete:
+            run = job.context["folder"] / "run.json"
+            self.say(f"Wrote {run}: train with `dlvision run {run}`, then Load… its unet.dlv.")
+
+    def _export_run_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Empty folder for the run")
+        if folder:
+            self.export_run(folder)
 
     def _folder_dialog(self):
         folder = QFileDialog.getExistingDirectory(self, "Folder with images/ and masks/")
