@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QWidget
 
 from ..core.probabilities import segmentation, uncertainty
@@ -107,12 +108,20 @@ class PixelOutputs(QWidget):
             return
         if "probabilities" in results and not t["layers"]:
             self.write_all(results["probabilities"])
+        self.refresh(force=True)
         inst = results.get("instances")
         if inst is not None:
-            t["layers"]["instances"] = show_output(
-                self.viewer, self.name(t["image"], "instances"), inst, "labels", like=t["image"],
-                keep_selected=t["annotations"], contour=2, opacity=0.9)
-        self.refresh(force=True)
+            # A new layer costs napari 0.1-0.2 s plus its first draw: made in the
+            # next turn of the event loop, after the segmentation has been drawn,
+            # so the two costs do not add up into one longer freeze.
+            QTimer.singleShot(0, lambda: self._show_instances(t, inst))
+
+    def _show_instances(self, t, inst):
+        if self.target is not t or t["image"] not in self.viewer.layers:
+            return  # another run began, or the image was closed
+        t["layers"]["instances"] = show_output(
+            self.viewer, self.name(t["image"], "instances"), inst, "labels", like=t["image"],
+            keep_selected=t["annotations"], contour=2, opacity=0.9)
 
     def refresh(self, force=False):
         now = time.perf_counter()
