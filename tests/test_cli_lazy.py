@@ -159,3 +159,10 @@ def test_memory_stays_flat_for_a_zarr_image_much_larger_than_a_block(files, tmp_
     assert peaks[4096] - peaks[1024] < 64 * 2**20, peaks
     seg = zarr.open(str(tmp_path / "seg4096.zarr"))
     assert seg.shape == (4096, 4096) and seg.dtype == np.uint8
+
+
+def test_a_compressed_tiled_tiff_is_read_tile_by_tile_with_the_same_result(files, tmp_path):
+    tifffile.imwrite(tmp_path / "comp.tif", tifffile.imread(files / "img.tif"), compression="zlib", tile=(64, 64))
+    ok("predict", "--model", files / "rf.dlv", "--image", tmp_path / "comp.tif", "--out", tmp_path / "seg.tif",
+       "--chunk", "128")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "seg.tif"), tifffile.imread(files / "rf_seg.tif"))
