@@ -37,13 +37,13 @@ def run(args, kind):
     from .. import kinds
     from ..core.errors import UserInputError
     from ..core.io import channel_axis_for, check_outputs, outputs_inside
-    from ..core.lazy import check_lazy_output, lazy_outputs, open_lazy, store
+    from ..core.lazy import check_lazy_output, is_zarr, lazy_outputs, open_lazy, store
+    from .predict import task_options
 
     if kind.task not in (kinds.PIXELS, kinds.IMAGE_TO_IMAGE):
         raise UserInputError(f"tile-by-tile (dask) prediction is for pixel classifiers and denoisers; "
                              f"{args.model} is a {kind.title}")
-    if args.image.is_dir() and not (args.image.suffix.lower() == ".zarr" or (args.image / "zarr.json").is_file()
-                                    or (args.image / ".zgroup").is_file() or (args.image / ".zarray").is_file()):
+    if args.image.is_dir() and not is_zarr(args.image):
         raise UserInputError("dask options take one image (a TIFF or a Zarr store), not a folder of images")
     if args.instances is not None:
         raise UserInputError("--instances needs the whole image at once; it is not computed tile by tile")
@@ -60,6 +60,7 @@ def run(args, kind):
         if path.exists() and not args.overwrite:
             raise UserInputError(f"{path} exists; add --overwrite to replace it")
     model = kind.load(args.model)
+    task_options(args, kind, model)  # flags of another task are refused, as in memory
     lazy = open_lazy(args.image)
     channel_axis = args.channel_axis if args.channel_axis is not None else lazy.channel_axis
     if channel_axis is None:
