@@ -45,7 +45,7 @@ def add_arguments(p):
     image_options(p)
     big = p.add_argument_group("large images (dask)")
     big.add_argument("--chunk", type=int_in(16, 1 << 16), default=None,
-                     help="block side in pixels (default 1024 in 2D, 128 in 3D)")
+                     help="block side in pixels (default: 1024 in 2D, 128 in 3D; networks fit it to memory)")
     big.add_argument("--scheduler", choices=("threads", "processes", "synchronous"), default=None,
                      help="local dask scheduler (default: threads)")
     big.add_argument("--workers", type=int_in(1, 4096), default=None,
