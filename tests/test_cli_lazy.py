@@ -166,3 +166,14 @@ def test_a_compressed_tiled_tiff_is_read_tile_by_tile_with_the_same_result(files
     ok("predict", "--model", files / "rf.dlv", "--image", tmp_path / "comp.tif", "--out", tmp_path / "seg.tif",
        "--chunk", "128")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "seg.tif"), tifffile.imread(files / "rf_seg.tif"))
+
+
+def test_zarr_chunks_that_do_not_fit_the_network_are_regrouped(files, tmp_path):
+    image = tifffile.imread(files / "img.tif")
+    src = zarr.create_array(str(tmp_path / "odd.zarr"), shape=image.shape, chunks=(100, 90), dtype=image.dtype)
+    src[:] = image
+    ok("predict", "--model", files / "unet.dlv", "--image", tmp_path / "odd.zarr", "--out", tmp_path / "seg.zarr",
+       "--probabilities", tmp_path / "prob.zarr")
+    np.testing.assert_array_equal(zarr.open(str(tmp_path / "seg.zarr"))[:], tifffile.imread(files / "unet_seg.tif"))
+    np.testing.assert_allclose(zarr.open(str(tmp_path / "prob.zarr"))[:], tifffile.imread(files / "unet_prob.tif"),
+                               atol=1e-5)
