@@ -234,11 +234,13 @@ def _heap_for_blocks() -> None:
 
 
 @contextlib.contextmanager
-def _restoring_threads():
-    """Blocks computed in this process (threads scheduler) cap its pools; undo
-    that afterwards. Worker processes keep their cap."""
+def one_thread_per_block_here():
+    """While blocks are computed in this process (threads scheduler): pools of
+    one thread each, as the scheduler runs one block per core; afterwards as
+    before. Worker processes cap themselves (see `_block`) and keep it."""
     from .images import limit_threads
 
+    limit_threads(1)
     try:
         yield
     finally:
@@ -303,8 +305,28 @@ def lazy_outputs(model, image_cf, spacing=None, wanted=("segmentation",), chunk=
 
 
 def _block(block, fn):
-    one_thread_per_block()
+    # In the caller's process the caller decides (store() caps around its
+    # compute; a plain .compute() leaves pools as they are); a dask worker
+    # runs nothing but blocks and caps itself for good.
+    if _in_dask_worker():
+        one_thread_per_block()
     return fn(np.asarray(block))
+
+
+def _in_dask_worker() -> bool:
+    import multiprocessing
+
+    if multiprocessing.current_process().name != "MainProcess":  # processes scheduler, nanny workers
+        return True
+    if "distributed" in sys.modules:  # a worker started without a nanny
+        from distributed import get_worker
+
+        try:
+            get_worker()
+            return True
+        except ValueError:
+            pass
+    return False
 
 
 def _segmentation(prob):
@@ -360,7 +382,7 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True) -> list
             finals.append((tmp, path))
             targets.append(_create_zarr(tmp, arr, ome) if is_zarr(path) else _create_tiff(tmp, arr))
         sources = list(outputs.values())
-        with _progress(progress), _restoring_threads():
+        with _progress(progress), one_thread_per_block_here():
             da.store(sources, targets, lock=False)
         for tmp, path in finals:
             _replace(tmp, path)
