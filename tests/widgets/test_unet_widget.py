@@ -197,4 +197,6 @@ def test_export_run_is_trained_by_the_cli_and_loaded_back(widget, qtbot, tmp_pat
     wait_idle(qtbot, widget, TIMEOUT_MS)
     assert widget.model is not None and widget.model.training["steps"] == 3
     assert widget.model.training["settings"]["flips"] is False  # the widget's settings made it through
+    assert widget.model.class_names == widget.class_table.names()[:2]  # and the class names
     assert "Loaded unet.dlv" in widget.status.text()
+

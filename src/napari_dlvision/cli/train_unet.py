@@ -24,6 +24,8 @@ def add_arguments(p):
     p.add_argument("--patch-size", type=int_in(8, 4096), default=None)
     p.add_argument("--batch-size", type=int_in(0, 4096), default=0, help="0 (default): from the device's memory")
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the trainer's)")
+    p.add_argument("--class-names", default=None,
+                   help="names of classes 1..K, comma-separated, e.g. background,nucleus (sparse strokes)")
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     for name in ("flips", "rot90", "intensity"):
         p.add_argument(f"--no-{name}", action="store_true", help=f"no {name} in the augmentation")
@@ -60,7 +62,8 @@ def run(args):
         if seg.mode != mode:
             raise UserInputError(f"{args.init} was trained on {seg.mode} labels, not {mode}")
     else:
-        seg = UNetSegmenter(args.preset, mode, device=args.device)
+        names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+        seg = UNetSegmenter(args.preset, mode, class_names=names, device=args.device)
     settings = TrainSettings(steps=args.steps, patch_size=args.patch_size, batch_size=args.batch_size,
                              elastic=args.elastic, flips=not args.no_flips, rot90=not args.no_rot90,
                              intensity=not args.no_intensity, device=args.device, time_limit=args.time_limit,
@@ -76,7 +79,8 @@ def run(args):
     save_trained(seg, args.out)
 
 
-def run_command(settings: dict, mode: str, preset: str, channel_axis=None, spacing=None) -> list[str]:
+def run_command(settings: dict, mode: str, preset: str, channel_axis=None, spacing=None,
+                class_names=None) -> list[str]:
     """The `train unet` command for the widget's settings, on image.tif and
     labels.tif beside the run file (what the widget's "Export run…" writes)."""
     cmd = ["train", "unet", "--image", "image.tif", "--labels", "labels.tif", "--out", "unet.dlv",
@@ -85,6 +89,8 @@ def run_command(settings: dict, mode: str, preset: str, channel_axis=None, spaci
            "--lr", repr(float(settings["lr"])), "--device", settings["device"]]
     if mode == "dense":
         cmd.append("--dense")
+    elif class_names:
+        cmd += ["--class-names", ",".join(n.replace(",", " ") for n in class_names)]
     if settings.get("elastic"):
         cmd.append("--elastic")
     cmd += [f"--no-{k}" for k in ("flips", "rot90", "intensity") if not settings.get(k, True)]

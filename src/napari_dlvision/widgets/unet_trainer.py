@@ -275,8 +275,9 @@ class UNetWidget(ModelWidget):
             taken = [n for n in ("image.tif", "labels.tif", "run.json", "unet.dlv") if (folder / n).exists()]
             if taken:
                 raise UserInputError(f"{folder} already holds {', '.join(taken)}; choose an empty folder")
+            names = self.class_table.names() if self.mode() == "sparse" else None
             command = run_command(self.settings(), self.mode(), self.settings_form.values()["preset"],
-                                  axis, spacing)
+                                  axis, spacing, names)
         except UserInputError as e:
             return self.error(str(e))
         return self.start(_export_run_job(folder, images[0], labels[0], command), self._on_export_event,
