@@ -200,3 +200,10 @@ def test_export_run_is_trained_by_the_cli_and_loaded_back(widget, qtbot, tmp_pat
     assert widget.model.class_names == widget.class_table.names()[:2]  # and the class names
     assert "Loaded unet.dlv" in widget.status.text()
 
+
+def test_docked_alone_after_the_sample_the_annotation_layer_is_ready_to_paint(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-dlvision", "nuclei-2d")
+    viewer.window.add_plugin_dock_widget("napari-dlvision", "Deep pixel classifier (U-Net)")
+    labels = viewer.layers["nuclei annotations"]
+    assert viewer.layers.selection.active is labels and labels.mode == "paint" and labels.visible

@@ -73,7 +73,7 @@ class UNetWidget(ModelWidget):
         super().__init__(napari_viewer)
         self.folder_data = None  # (images, masks, channel axis) read from a folder
         lay = QVBoxLayout(self)
-        self.inputs = AnnotationInputs(self, select_on_dock=False)
+        self.inputs = AnnotationInputs(self)
         self.inputs.image_picker.currentIndexChanged.connect(self._use_layers)
         self.inputs.labels_picker.currentIndexChanged.connect(self._use_layers)
         lay.addWidget(self.inputs)
