@@ -40,3 +40,31 @@ def test_distributed_outside_torchrun_is_one_line(data, tmp_path):  # noqa: F811
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and "torchrun" in lines[0]
     assert not (tmp_path / "m.dlv").exists()
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_rank_that_dies_stops_the_others_with_a_message_and_no_model(victim, data, tmp_path):  # noqa: F811
+    import psutil
+
+    model = tmp_path / "model.dlv"
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                          "-m", "napari_dlvision.cli", "train", "unet", "--image", data / "img.tif",
+                          "--labels", data / "strokes.tif", "--steps", "100000", "--batch-size", "2",
+                          "--patch-size", "32", "--device", "cpu", "--out", model, "--distributed"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:  # rank 0 prints; wait until the ranks train together
+            if line.startswith("training a"):
+                break
+        ranks = {w.environ().get("RANK"): w for w in psutil.Process(p.pid).children(recursive=True)
+                 if "napari_dlvision.cli" in " ".join(w.cmdline())}
+        assert set(ranks) == {"0", "1"}
+        ranks[str(victim)].kill()
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    survivor = 1 - victim
+    assert p.returncode != 0
+    assert f"dlvision: rank {survivor} stopped: another rank failed" in err, err[-3000:]
+    assert f"[rank{survivor}]:" not in err  # torch prefixes a rank's uncaught traceback so
+    assert list(tmp_path.iterdir()) == []  # no model, no temporary file

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from .. import __version__
@@ -92,6 +93,10 @@ def _run_distributed(args) -> int:
     from ..dl import distributed
 
     args.device = distributed.start(args.device)
+    rank = distributed.rank()
+    # torchrun answers a rank that fails by sending SIGTERM to the others:
+    # say so on each of them (Python's default would end them without a word).
+    signal.signal(signal.SIGTERM, _stopped_by_torchrun)
     try:
         if distributed.is_main():
             print(f"training on {distributed.world_size()} processes ({args.device})", flush=True)
@@ -99,6 +104,16 @@ def _run_distributed(args) -> int:
         else:
             with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
                 args.run(args)
+    except Exception as e:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # leaving anyway: one message, not two
+        distributed.stop(together=False)
+        # The first a rank sees of another's death is a broken collective, or
+        # torchrun's SIGTERM.
+        if isinstance(e, StoppedByTorchrun) or (isinstance(e, RuntimeError) and distributed.peer_lost(e)):
+            print(f"dlvision: rank {rank} stopped: another rank failed or torchrun was stopped; "
+                  "nothing half-written was left behind", file=sys.stderr, flush=True)
+            os._exit(1)  # before interpreter teardown, which a late signal would interrupt
+        raise
     except BaseException:
         distributed.stop(together=False)
         raise
@@ -110,6 +125,14 @@ def _run_distributed(args) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+class StoppedByTorchrun(Exception):
+    pass
+
+
+def _stopped_by_torchrun(signum, frame):
+    raise StoppedByTorchrun()
 
 
 def _one_line(text: str) -> str:

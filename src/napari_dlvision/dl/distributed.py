@@ -86,6 +86,16 @@ def stop(together: bool = True) -> None:
             dist.destroy_process_group()
 
 
+def peer_lost(error: BaseException) -> bool:
+    """Whether `error` is a collective broken by another rank going away:
+    torch raises DistError (gloo sometimes a plain RuntimeError naming it)."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(k in text for k in ("gloo", "NCCL", "Connection reset",
+                                                                         "Connection closed"))
+
+
 def any_rank(flag: bool, device) -> bool:
     """True on every rank when it is True on any (a stop decided together)."""
     if not active():
