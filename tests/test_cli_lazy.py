@@ -53,6 +53,17 @@ def test_forest_tiff_to_zarr_in_blocks_equals_in_memory_bit_for_bit(files, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prob.zarr", "seg.zarr", "unc.tif"]  # no leftovers
 
 
+def test_an_image_that_fits_is_one_block_by_default_and_equals_in_memory(files, tmp_path):
+    for model in ("rf", "unet"):
+        r = ok("predict", "--model", files / f"{model}.dlv", "--image", files / "img.tif",
+               "--out", tmp_path / f"{model}.zarr", "--probabilities", tmp_path / f"{model}_prob.zarr")
+        assert "in 1 block on" in r.stdout
+        np.testing.assert_array_equal(zarr.open(str(tmp_path / f"{model}.zarr"))[:],
+                                      tifffile.imread(files / f"{model}_seg.tif"))
+        np.testing.assert_allclose(zarr.open(str(tmp_path / f"{model}_prob.zarr"))[:],
+                                   tifffile.imread(files / f"{model}_prob.tif"), atol=1e-5)
+
+
 def write_ome_zarr(path, image, scale):
     """An OME-Zarr 0.4 image (zarr format 2) with a singleton channel axis, as writers often make."""
     group = zarr.open_group(str(path), mode="w", zarr_format=2)

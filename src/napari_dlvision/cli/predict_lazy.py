@@ -76,7 +76,8 @@ def run(args, kind):
     with _scheduler(args):
         where = f"the cluster at {args.dask_address}" if args.dask_address else \
             f"{args.workers or 'all'} local {args.scheduler or 'threads'}"
-        print(f"predicting {'x'.join(map(str, arr.shape[1:]))} in {blocks} blocks on {where}", flush=True)
+        print(f"predicting {'x'.join(map(str, arr.shape[1:]))} in {blocks} block{'s' * (blocks != 1)} on {where}",
+              flush=True)
         written = store(outputs, lazy.ome)
     print("wrote " + ", ".join(map(str, written)))
 
