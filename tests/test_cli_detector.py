@@ -89,3 +89,24 @@ def test_predict_refuses_pixel_flags_and_non_csv(files):
     r = dlvision("predict", "--model", files / "m.dlv", "--image", files / "a.tif", "--out", files / "q.csv",
                  "--score-threshold", 2)
     assert r.returncode == 1 and "between 0 and 1" in r.stderr
+
+
+def test_a_zarr_image_is_detected_tile_by_tile_with_the_in_memory_boxes(files, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    big = np.tile(tifffile.imread(files / "a.tif"), (4, 5))  # 320 x 480, read in chunks of 64
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    zarr.create_array(str(tmp_path / "big.zarr"), shape=big.shape, chunks=(64, 64), dtype=big.dtype)[:] = big
+    args = ["--model", files / "m.dlv", "--score-threshold", 0.05]
+    r = dlvision("predict", *args, "--image", tmp_path / "big.tif", "--out", tmp_path / "mem.csv")
+    assert r.returncode == 0, r.stderr
+    r = dlvision("predict", *args, "--image", tmp_path / "big.zarr", "--out", tmp_path / "lazy.csv")
+    assert r.returncode == 0, r.stderr
+    assert "tile by tile from the store" in r.stdout
+    mem, lazy = (tmp_path / "mem.csv").read_text(), (tmp_path / "lazy.csv").read_text()
+    assert mem == lazy and len(mem.splitlines()) > 1
+    r = dlvision("predict", *args, "--image", tmp_path / "big.zarr", "--out", tmp_path / "x.csv",
+                 "--scheduler", "processes")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "--scheduler" in r.stderr
+    r = dlvision("predict", *args, "--image", tmp_path / "big.zarr", "--out", tmp_path / "x.zarr")
+    assert r.returncode == 1 and ".csv" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "big.zarr", "lazy.csv", "mem.csv"]

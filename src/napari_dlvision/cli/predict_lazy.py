@@ -40,9 +40,11 @@ def run(args, kind):
     from ..core.lazy import check_lazy_output, is_zarr, lazy_outputs, open_lazy, store
     from .predict import task_options
 
+    if kind.task == kinds.BOXES:
+        return _detect(args, kind)
     if kind.task not in (kinds.PIXELS, kinds.IMAGE_TO_IMAGE):
-        raise UserInputError(f"tile-by-tile (dask) prediction is for pixel classifiers and denoisers; "
-                             f"{args.model} is a {kind.title}")
+        raise UserInputError(f"tile-by-tile (dask) prediction is for pixel classifiers, denoisers and "
+                             f"detectors; {args.model} is a {kind.title}")
     if args.image.is_dir() and not is_zarr(args.image):
         raise UserInputError("dask options take one image (a TIFF or a Zarr store), not a folder of images")
     if args.instances is not None:
@@ -80,6 +82,34 @@ def run(args, kind):
               flush=True)
         written = store(outputs, lazy.ome)
     print("wrote " + ", ".join(map(str, written)))
+
+
+def _detect(args, kind):
+    """A detector on a Zarr store or a TIFF larger than memory: its tiles are
+    read from the store one at a time (memory stays that of one tile), and
+    duplicates across tile borders are removed over the whole image after."""
+    from ..core.apply import write_output
+    from ..core.errors import UserInputError
+    from ..core.io import check_outputs
+    from ..core.lazy import open_lazy
+    from .predict import task_options
+
+    given = [f"--{k.replace('_', '-')}" for k in DASK_OPTIONS if getattr(args, k) is not None]
+    if given:
+        raise UserInputError(f"{', '.join(given)}: a detector reads its tiles from the store in this process "
+                             "(on its own device); the dask options are for pixel models and denoisers")
+    check_outputs([args.image, args.model], [args.out])
+    if args.out.suffix.lower() != ".csv":
+        raise UserInputError(f"--out {args.out}: a detector writes its boxes as .csv")
+    model = kind.load(args.model)
+    options = task_options(args, kind, model)
+    lazy = open_lazy(args.image)
+    channel_axis = args.channel_axis if args.channel_axis is not None else lazy.channel_axis
+    if channel_axis is None:
+        channel_axis = model.guess_channel_axis(lazy.array.shape)
+    print(f"detecting in {'x'.join(map(str, lazy.array.shape))}, tile by tile from the store", flush=True)
+    boxes = model.predict_outputs(lazy.array, channel_axis, args.spacing, ("boxes",), **options)["boxes"]
+    print(f"wrote {write_output(args.out, boxes)} ({len(boxes)} boxes)")
 
 
 def _moveaxis(arr, source, target):
