@@ -311,6 +311,43 @@ def lazy_outputs(model, image_cf, spacing=None, wanted=("segmentation",), chunk=
     return results
 
 
+def block_regions(arr, focus=None) -> list[tuple[slice, ...]]:
+    """The regions of `arr`'s blocks, those nearest `focus` first.
+
+    `focus`: a box, (start, stop) per trailing axis (e.g. the part of the
+    image on screen); blocks overlapping it come first, then by distance of
+    their centres to its centre."""
+    starts = [np.cumsum((0,) + tuple(c[:-1])) for c in arr.chunks]
+    regions = [tuple(slice(int(s[k]), int(s[k] + c[k])) for s, c, k in zip(starts, arr.chunks, idx))
+               for idx in np.ndindex(*arr.numblocks)]
+    if focus is None:
+        return regions
+    lead = arr.ndim - len(focus)
+    centre = np.array([(a + b) / 2 for a, b in focus])
+
+    def key(region):
+        own = region[lead:]
+        inside = all(r.start < b and a < r.stop for r, (a, b) in zip(own, focus))
+        mid = np.array([(r.start + r.stop) / 2 for r in own])
+        return (not inside, float(np.abs(mid - centre).sum()))
+
+    return sorted(regions, key=key)
+
+
+def iter_blocks_into(arr, out, focus=None):
+    """Compute dask array `arr` block by block into `out` (anything taking
+    slice assignment: a memory map, a Zarr array), nearest `focus` first:
+    Progress events ("predicting") whose payload is the region just written.
+    One block at a time, so its own thread pools may use every core."""
+    from .events import Progress
+
+    regions = block_regions(arr, focus)
+    yield Progress("predicting", 0, len(regions), f"predicting {len(regions)} blocks, those in view first…")
+    for n, region in enumerate(regions, 1):
+        out[region] = arr[region].compute(scheduler="threads")
+        yield Progress("predicting", n, len(regions), payload={"region": region})
+
+
 def _block(block, fn):
     # In the caller's process the caller decides (store() caps around its
     # compute; a plain .compute() leaves pools as they are); a dask worker

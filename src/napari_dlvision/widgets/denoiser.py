@@ -20,6 +20,7 @@ from ..core.errors import UserInputError
 from .base import ModelWidget
 from .denoise_jobs import Layout, predict_job, train_job
 from .layers import OUTPUT_TAG, find_output, image_input, show_output, spatial_shape, visible_box
+from .lazy_layers import LazyPredictions, is_lazy
 from .parts import ApplyRow, Field, ModelRow, RunPanel, SettingsForm
 
 MODES = {"Noise2Void (noisy image only)": "n2v", "Noise2Noise (two noisy acquisitions)": "n2n",
@@ -90,6 +91,8 @@ class DenoiserWidget(ModelWidget):
         self.apply_picker = self.picker(Image, accept=is_input)
         lay.addWidget(ApplyRow(self.apply_picker, self.predict_layer, self.predict_folder,
                                "Denoise layer", "Denoise folder…"))
+        self.lazy = LazyPredictions(self)
+        lay.addWidget(self.lazy.save_btn)
         lay.addStretch()
         self._mode_changed()
 
@@ -234,6 +237,16 @@ class DenoiserWidget(ModelWidget):
                 raise UserInputError("train or load a denoiser first")
             if image is None:
                 raise UserInputError("choose an image layer to denoise")
+            if is_lazy(image):  # too big for memory: block by block into a file, those in view first
+                first = FIRST_AXIS[self.axis_combo.currentText()]
+                if first == "frames" or first == "channels" and not image.rgb:
+                    raise UserInputError("a large layer is denoised as one 2D or 3D image (grey or RGB); "
+                                         "set 'First axis is' to space")
+                self.model.tta = self.tta_check.isChecked()
+                kw = {"contrast_limits": tuple(image.contrast_limits), "rgb": image.rgb, "blending": "translucent"}
+                if not image.rgb:
+                    kw["colormap"] = image.colormap.name
+                return self.lazy.predict(image, self.model, "denoised", "image", self.output_name(image), note, **kw)
             data, _, _ = image_input(image)
             layout = self.layout_of(image)
             shape = np.shape(data)[1:] if layout.frames else np.shape(data)

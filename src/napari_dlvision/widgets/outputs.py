@@ -55,6 +55,12 @@ class PixelOutputs(QWidget):
     def name(self, image, what: str) -> str:
         return f"{image.name} {what}{self.suffix}"
 
+    def segmentation_style(self, class_names, annotations, n_classes) -> dict:
+        """How the segmentation layer is drawn (also for large layers, see lazy_layers)."""
+        names = list(class_names) + [f"class {k}" for k in range(len(class_names) + 1, n_classes + 1)]
+        return {"colormap": class_colormap(annotations, n_classes, background_classes(names)),
+                "opacity": SEG_OPACITY, "keep_selected": annotations}
+
     # -- one prediction -----------------------------------------------------
     def begin(self, image, class_names, annotations):
         """Start showing a prediction of `image`; layers appear with the first block."""

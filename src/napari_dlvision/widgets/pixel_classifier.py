@@ -22,6 +22,7 @@ from .annotations import AnnotationInputs
 from .base import ModelWidget
 from .layers import image_input, spatial_shape, visible_box
 from .outputs import PixelOutputs
+from .lazy_layers import LazyPredictions, is_lazy
 from .parts import ApplyRow, ModelRow, RunPanel
 
 LIVE_DELAY_MS = 150  # wait this long after a stroke before retraining
@@ -62,6 +63,8 @@ class PixelClassifierWidget(ModelWidget):
         lay.addWidget(ModelRow("classifier", "classifier.dlv", self.save_model, self.load_model))
         self.apply_combo = self.picker(Image)
         lay.addWidget(ApplyRow(self.apply_combo, self.apply_to_layer, self.apply_to_folder))
+        self.lazy = LazyPredictions(self)
+        lay.addWidget(self.lazy.save_btn)
         lay.addStretch()
         self._live_timer = QTimer(self, singleShot=True, interval=LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self._live_retrain)
@@ -212,6 +215,10 @@ class PixelClassifierWidget(ModelWidget):
             if image is None:
                 raise UserInputError("choose an image layer to apply the classifier to")
             clf = self.model
+            if is_lazy(image):  # too big for memory: block by block into a file, those in view first
+                style = self.outputs.segmentation_style(clf.class_names, self.inputs.labels_picker.value, clf.n_classes)
+                return self.lazy.predict(image, clf, "segmentation", "labels",
+                                         self.outputs.name(image, "segmentation"), **style)
             data, axis, spacing = image_input(image)
             clf.check_shape(data.shape, axis)  # cheap: the full check runs in the worker
             focus = visible_box(self.viewer, image, spatial_shape(image))

@@ -18,6 +18,7 @@ from ..core.errors import UserInputError
 from .annotations import AnnotationInputs
 from .base import ModelWidget
 from .layers import image_input
+from .lazy_layers import LazyPredictions, is_lazy
 from .outputs import PixelOutputs
 from .parts import ApplyRow, Field, ModelRow, RunPanel, SettingsForm
 
@@ -114,6 +115,8 @@ class UNetWidget(ModelWidget):
         self.apply_combo = self.picker(Image, accept=lambda la: "napari_dlvision_output" not in la.metadata)
         lay.addWidget(ApplyRow(self.apply_combo, self.predict_layer, self.predict_folder_dialog_done,
                                "Predict layer", "Predict folder…"))
+        self.lazy = LazyPredictions(self)
+        lay.addWidget(self.lazy.save_btn)
         lay.addStretch()
 
     # aliases kept for scripts and tests
@@ -223,6 +226,11 @@ class UNetWidget(ModelWidget):
     def predict_layer(self, image: Image | None, note: str = ""):
         if self.busy():
             return None
+        if is_lazy(image) and self.model is not None:  # too big for memory: block by block, those in view first
+            style = self.outputs.segmentation_style(self.model.class_names, self.inputs.labels_picker.value,
+                                                    self.model.n_classes)
+            return self.lazy.predict(image, self.model, "segmentation", "labels",
+                                     self.outputs.name(image, "segmentation"), note, **style)
         try:
             data, axis, spacing = self.model_input(image, "U-Net")
             gen = self.model.iter_predict_outputs(data, axis, spacing, self.outputs.wanted())

@@ -1,0 +1,191 @@
+"""Image layers too big for memory: dask or Zarr data, multiscale pyramids.
+
+Such a layer (e.g. opened with napari-ome-zarr) is predicted block by block
+through core.lazy's tile graph, the blocks in view first, into a memory-mapped
+file that the output layer shows as blocks arrive: memory stays that of a few
+blocks whatever the image's size. **Save result…** writes it to Zarr or TIFF
+(a temporary name renamed into place). The temporary files go when the
+widget closes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image
+from qtpy.QtWidgets import QFileDialog, QPushButton
+
+from ..core.errors import UserInputError
+from ..core.events import Progress
+from .layers import find_output, show_output, spatial_shape, visible_box
+
+REFRESH_S = 0.25  # redraw the output layer at most this often while blocks arrive
+
+
+def is_lazy(image: Image | None) -> bool:
+    """Whether a layer's pixels are not in memory (a pyramid, dask, Zarr, ...)."""
+    return image is not None and (bool(image.multiscale) or not isinstance(image.data, np.ndarray))
+
+
+def lazy_input(image: Image):
+    """(dask array (C, *spatial) of the full resolution, spacing or None); nothing read."""
+    import dask.array as da
+
+    data = image.data[0] if image.multiscale else image.data
+    arr = data if isinstance(data, da.Array) else da.from_array(data, chunks=_chunks(data))
+    arr = da.moveaxis(arr, -1, 0) if image.rgb else arr[None]
+    spacing = tuple(float(s) for s in image.scale[-(arr.ndim - 1):])
+    return arr, (None if len(set(spacing)) == 1 else spacing)
+
+
+def _chunks(data):
+    own = getattr(data, "chunks", None)  # a Zarr array's own chunks, else blocks of 1024
+    return own if isinstance(own, tuple) and len(own) == len(data.shape) else \
+        tuple(min(n, 1024) for n in data.shape)
+
+
+class LazyPredictions:
+    """A widget's predictions of big layers and the button that saves the last one."""
+
+    def __init__(self, widget):
+        self.widget = widget
+        self._folder: Path | None = None
+        self._files: dict[str, Path] = {}  # output layer key -> its memory-mapped file
+        self.result = None  # (image layer, dask view of the finished output) of the last complete run
+        self.save_btn = QPushButton("Save result…")
+        self.save_btn.setToolTip("Write the last prediction of a large layer to Zarr or TIFF")
+        self.save_btn.setEnabled(False)
+        self.save_btn.setVisible(False)  # shown once a large layer is predicted
+        self.save_btn.clicked.connect(self._save_dialog)
+        widget.on_close(self.cleanup)
+
+    def predict(self, image: Image, model, what: str, layer_type: str, key: str, note: str = "", **layer_kw):
+        """Start predicting `image` lazily into output layer `key` ("segmentation"
+        or "denoised" of `model`); the layer shows the blocks as they come.
+        The model checks the image in the worker (the job's error says why)."""
+        w = self.widget
+        if w.busy():
+            return None
+        try:
+            if model is None:
+                raise UserInputError(f"train or load a {w.WHAT} first")
+            arr, spacing = lazy_input(image)
+            focus = visible_box(w.viewer, image, spatial_shape(image) if not image.multiscale
+                                else tuple(image.data[0].shape[-(arr.ndim - 1):]))
+            folder = self._temporary_folder()
+        except UserInputError as e:
+            return w.error(str(e))
+        path = folder / f"{what}-{secrets.token_hex(4)}.npy"
+        self.save_btn.setEnabled(False)
+        self.save_btn.setVisible(True)
+        self.result = None
+        self._last_refresh = 0.0
+        return w.start(self._job(model, arr, spacing, what, focus, path), self._on_event, self._on_end,
+                       image=image, key=key, path=path, layer_type=layer_type, layer_kw=layer_kw, note=note,
+                       what=what)
+
+    @staticmethod
+    def _job(model, arr, spacing, what, focus, path):
+        from ..core.lazy import iter_blocks_into, lazy_outputs
+
+        out = lazy_outputs(model, arr, spacing, (what,))[what]
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=out.dtype, shape=out.shape)
+        yield Progress("predicting", 0, 0, payload={"array": mm})
+        yield from iter_blocks_into(out, mm, focus)
+        mm.flush()
+        yield Progress("done", 1, 1, payload={"array": mm})
+
+    def _on_event(self, ev, job):
+        w, c = self.widget, job.context
+        w.panel.show_progress(ev)
+        payload = ev.payload or {}
+        if "array" in payload and "layer" not in c:
+            data = self._displayed(payload["array"], c["what"], c["image"])
+            layer = find_output(w.viewer, c["key"])
+            if layer is not None and layer._type_string == c["layer_type"]:
+                layer.data = data  # the layer now shows this run's file
+            else:
+                layer = show_output(w.viewer, c["key"], data, c["layer_type"], like=c["image"], **c["layer_kw"])
+            c["layer"] = layer
+            old = self._files.get(c["key"])
+            self._files[c["key"]] = c["path"]
+            if old is not None and old != c["path"]:
+                old.unlink(missing_ok=True)  # the layer it fed is gone; mapped pages stay valid until unmapped
+        now = time.perf_counter()
+        if "layer" in c and (ev.stage == "done" or now - self._last_refresh > REFRESH_S):
+            self._last_refresh = now
+            if c["layer"] in w.viewer.layers:
+                c["layer"].refresh()
+        if ev.stage == "done":
+            import dask.array as da
+
+            arr = payload["array"]
+            self.result = (c["image"], da.from_array(arr, chunks=tuple(min(n, 1024) for n in arr.shape)))
+            self.save_btn.setEnabled(True)
+            w.say(f"{c['note']}Predicted {c['image'].name} block by block (those in view first) in "
+                  f"{job.seconds:.1f} s; Save result… writes it to Zarr or TIFF.")
+
+    def _on_end(self, job):
+        if job.error is None and not job.complete:
+            self.widget.say("Stopped; the blocks done so far are shown.")
+
+    @staticmethod
+    def _displayed(arr, what, image):
+        if what != "denoised":
+            return arr
+        return np.moveaxis(arr, 0, -1) if image.rgb else arr[0]
+
+    # -- saving ---------------------------------------------------------------
+    def _save_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self.widget, "Save result", "", "Zarr (*.zarr);;TIFF (*.tif)")
+        if path:
+            self.save(path)
+
+    def save(self, path):
+        """Write the last complete result to `path` (.zarr or .tif), in a worker."""
+        w = self.widget
+        if w.busy():
+            return None
+        try:
+            if self.result is None:
+                raise UserInputError("predict a large layer first (and let it finish)")
+            from ..core.lazy import check_lazy_output
+
+            path = Path(path)
+            check_lazy_output(path)
+            image, arr = self.result
+            source = getattr(getattr(image, "source", None), "path", None)
+            if source is not None and Path(source).resolve() == path.resolve():
+                raise UserInputError(f"{path} is the image's own file; choose another name")
+        except UserInputError as e:
+            return w.error(str(e))
+
+        def job():
+            from ..core.lazy import store
+
+            yield Progress("saving", 0, 1, f"writing {path.name}…")
+            written = store({path: arr}, progress=False)
+            yield Progress("done", 1, 1, payload={"path": written[0]})
+
+        def on_event(ev, job):
+            w.panel.show_progress(ev)
+            if ev.stage == "done":
+                w.say(f"Saved {ev.payload['path'].name}.")
+
+        return w.start(job(), on_event)
+
+    # -- temporary files ---------------------------------------------------------
+    def _temporary_folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="napari-dlvision-"))
+        return self._folder
+
+    def cleanup(self):
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None

@@ -1,0 +1,114 @@
+"""A layer too big for memory (dask or Zarr data, a multiscale pyramid) is
+predicted block by block into a file-backed output layer, the blocks in view
+first, and saved to Zarr or TIFF on request; the result is the in-memory one."""
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+from widget_helpers import wait_idle
+
+from napari_dlvision.core.lazy import block_regions
+from napari_dlvision.core.pixel_classifier import PixelClassifier
+from napari_dlvision.data.synthetic import nuclei
+from napari_dlvision.widgets.pixel_classifier import PixelClassifierWidget
+
+
+@pytest.fixture
+def trained():
+    s = nuclei((160, 200), seed=3)
+    return s, PixelClassifier(n_trees=10).fit(s.image, s.scribbles)
+
+
+def test_blocks_in_view_come_first():
+    arr = da.zeros((4096, 4096), chunks=1024)
+    regions = block_regions(arr, focus=((2100, 2200), (3000, 3100)))
+    # the box straddles two blocks: both first, the one holding more of it ahead
+    assert regions[:2] == [(slice(2048, 3072), slice(2048, 3072)), (slice(2048, 3072), slice(3072, 4096))]
+    assert len({tuple((r.start, r.stop) for r in region) for region in regions}) == 16
+
+
+def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, qtbot, trained, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    s, clf = trained
+    big = np.tile(s.image, (8, 8))  # 1280 x 1600: two blocks a side
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(da.from_array(big, chunks=512), name="slide")
+    strokes = viewer.add_labels(np.zeros(big.shape, np.uint8), name="strokes")
+    w = PixelClassifierWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model = clf
+    assert not w.lazy.save_btn.isVisible()
+    assert w.apply_to_layer(layer) is not None
+    wait_idle(qtbot, w)
+    out = viewer.layers["slide segmentation"]
+    assert isinstance(out.data, np.memmap)  # on disk, not in memory
+    np.testing.assert_array_equal(np.asarray(out.data), clf.predict(big))
+    assert "block by block" in w.panel.status.text() and w.lazy.save_btn.isEnabled()
+    assert viewer.layers.selection.active is strokes  # painting goes on
+    assert not strokes.data.any()
+
+    assert w.lazy.save(tmp_path / "seg.zarr") is not None
+    wait_idle(qtbot, w)
+    np.testing.assert_array_equal(zarr.open(str(tmp_path / "seg.zarr"))[:], np.asarray(out.data))
+    assert "Saved seg.zarr" in w.panel.status.text()
+    job = w.lazy.save(tmp_path / "seg.png")
+    assert job is None and ".zarr or .tif" in w.last_error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.zarr"]
+
+
+def test_a_multiscale_layer_uses_its_full_resolution(make_napari_viewer, qtbot, trained, tmp_path):
+    s, clf = trained
+    viewer = make_napari_viewer()
+    pyramid = [da.from_array(s.image, chunks=64), da.from_array(s.image[::2, ::2], chunks=64)]
+    layer = viewer.add_image(pyramid, multiscale=True, name="pyr")
+    w = PixelClassifierWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model = clf
+    assert w.apply_to_layer(layer) is not None
+    wait_idle(qtbot, w)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["pyr segmentation"].data), clf.predict(s.image))
+    assert w.lazy.save(tmp_path / "seg.tif") is not None
+    wait_idle(qtbot, w)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "seg.tif"), clf.predict(s.image))
+
+
+def test_unet_and_denoiser_widgets_predict_a_dask_layer_as_in_memory(make_napari_viewer, qtbot, trained):
+    pytest.importorskip("torch")
+    from napari_dlvision.widgets.torch_import import import_torch
+
+    import_torch()  # as the widgets do: torch's library loaded first, without the GIL held
+    from napari_dlvision.dl.denoise import Denoiser
+    from napari_dlvision.dl.denoise_train import DenoiseSettings, train_denoiser
+    from napari_dlvision.dl.pixel_train import TrainSettings, train_unet
+    from napari_dlvision.dl.segmenter import UNetSegmenter
+    from napari_dlvision.widgets.denoiser import DenoiserWidget
+    from napari_dlvision.widgets.unet_trainer import UNetWidget
+
+    s, _ = trained
+    seg = UNetSegmenter(mode="sparse", device="cpu")
+    for _ in train_unet(seg, s.image, s.scribbles, TrainSettings(steps=2, batch_size=2, patch_size=32, device="cpu",
+                                                                 teacher=None)):
+        pass
+    den = Denoiser(device="cpu")
+    for _ in train_denoiser(den, s.image, settings=DenoiseSettings(steps=2, batch_size=2, patch_size=32,
+                                                                   device="cpu")):
+        pass
+    den.tta = False
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(da.from_array(s.image, chunks=64), name="big")
+    for widget, model, output in ((UNetWidget, seg, "big segmentation (U-Net)"), (DenoiserWidget, den, None)):
+        w = widget(viewer)
+        viewer.window.add_dock_widget(w)
+        w.model = model
+        if widget is DenoiserWidget:
+            w.tta_check.setChecked(False)
+            output = w.output_name(layer)
+        assert w.predict_layer(layer) is not None
+        wait_idle(qtbot, w)
+        got = np.asarray(viewer.layers[output].data)
+        if widget is DenoiserWidget:
+            np.testing.assert_allclose(got, den.denoise(s.image), atol=1e-4)
+        else:
+            np.testing.assert_array_equal(got, seg.predict(s.image))
+        assert "block by block" in w.panel.status.text() and w.lazy.save_btn.isEnabled()
