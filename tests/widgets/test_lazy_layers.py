@@ -45,6 +45,7 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
     assert isinstance(out.data, np.memmap)  # on disk, not in memory
     np.testing.assert_array_equal(np.asarray(out.data), clf.predict(big))
     assert "block by block" in w.panel.status.text() and w.lazy.save_btn.isEnabled()
+    assert "Segmentation only" in w.panel.status.text()  # Instances is ticked by default
     assert viewer.layers.selection.active is strokes  # painting goes on
     assert not strokes.data.any()
 

@@ -145,10 +145,10 @@ def _not_activated(layer_list):
 
 def class_colour(labels: Labels | None, class_id: int):
     """RGBA (0..1) napari draws class `class_id` with in this annotation layer."""
-    if labels is None:
-        from napari.utils.colormaps import label_colormap
+    if labels is None:  # no annotation layer: the plugin's own bright colours (as New paints with)
+        from ..palette import annotation_colormap
 
-        return np.asarray(label_colormap().map(class_id), float).ravel()[:4]
+        return np.asarray(annotation_colormap(max(1, int(class_id)))[int(class_id)], float)
     return np.asarray(labels.colormap.map(class_id), float).ravel()[:4]
 
 

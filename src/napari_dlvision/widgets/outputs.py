@@ -61,6 +61,11 @@ class PixelOutputs(QWidget):
         return {"colormap": class_colormap(annotations, n_classes, background_classes(names)),
                 "opacity": SEG_OPACITY, "keep_selected": annotations}
 
+    def lazy_note(self) -> str:
+        """What a large layer's block-by-block prediction leaves out of the ticked outputs."""
+        return "Segmentation only (instances and probabilities need the whole image in memory). " \
+            if len(self.wanted()) > 1 else ""
+
     # -- one prediction -----------------------------------------------------
     def begin(self, image, class_names, annotations):
         """Start showing a prediction of `image`; layers appear with the first block."""

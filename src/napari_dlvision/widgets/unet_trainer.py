@@ -230,7 +230,8 @@ class UNetWidget(ModelWidget):
             style = self.outputs.segmentation_style(self.model.class_names, self.inputs.labels_picker.value,
                                                     self.model.n_classes)
             return self.lazy.predict(image, self.model, "segmentation", "labels",
-                                     self.outputs.name(image, "segmentation"), note, **style)
+                                     self.outputs.name(image, "segmentation"), note + self.outputs.lazy_note(),
+                                     **style)
         try:
             data, axis, spacing = self.model_input(image, "U-Net")
             gen = self.model.iter_predict_outputs(data, axis, spacing, self.outputs.wanted())
