@@ -6,6 +6,8 @@ reports peak RSS and megapixels per second:
 - forest and U-Net through the dask tile graph (Zarr in, Zarr out),
 - the same models on the whole image in memory (TIFF in, TIFF out) where
   it fits (`--in-memory-up-to`),
+- where it fits, both paths also timed inside one process after the imports
+  ("compute"): at 2048 x 2048 a process spends as long starting as predicting,
 - the forest on a dask.distributed LocalCluster of 2 single-threaded workers
   against local threads (`--cluster-size`).
 Goals (issue "Headless at scale"): forest peak under 1 GB at every size;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,40 @@ def cli(*args):
     if r.returncode:
         raise SystemExit(r.stderr)
     return time.perf_counter() - t0, int(r.stdout.split("PEAK")[-1])
+
+
+# The same two paths timed inside one process, after the imports: a small
+# image's process time is mostly start-up (dask and Zarr add about a second),
+# which says nothing about how fast tiles are predicted.
+COMPUTE = ("import sys, time\n"
+           "from pathlib import Path\n"
+           "import numpy as np, tifffile, zarr, dask.array\n"
+           "from napari_dlvision import kinds\n"
+           "from napari_dlvision.core.io import write_image\n"
+           "from napari_dlvision.core.lazy import open_lazy, lazy_outputs, store\n"
+           "model_file, zarr_in, tif_in, out = map(Path, sys.argv[1:5])\n"
+           "model = kinds.kind_of(model_file).load(model_file)\n"
+           "model.predict(np.zeros((64, 64), np.uint16))  # libraries imported, pools started\n"
+           "best = [1e9, 1e9]\n"
+           "for rep in range(2):  # the better of two: first uses (codecs, pools) are start-up too\n"
+           "    t0 = time.perf_counter()\n"
+           "    lz = open_lazy(zarr_in)\n"
+           "    seg = lazy_outputs(model, lz.array[None], None, [model.MAIN_OUTPUT])\n"
+           "    store({out / 'tiled.zarr': seg[model.MAIN_OUTPUT]}, lz.ome, progress=False)\n"
+           "    t1 = time.perf_counter()\n"
+           "    write_image(out / f'whole{rep}.tif', model.predict(tifffile.imread(tif_in)))\n"
+           "    best = [min(best[0], t1 - t0), min(best[1], time.perf_counter() - t1)]\n"
+           "print('COMPUTE', *best)\n")
+
+
+def compute_times(model_file, zarr_in, tif_in, out):
+    """(tiled, whole-image) seconds of one prediction in one process, imports excluded."""
+    r = subprocess.run([sys.executable, "-c", COMPUTE, str(model_file), str(zarr_in), str(tif_in), str(out)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr)
+    tiled, whole = map(float, r.stdout.split("COMPUTE")[-1].split())
+    return tiled, whole
 
 
 def make_models(d: Path, tile):
@@ -103,6 +140,13 @@ def main():
                     rows.append({"model": model, "size": side, "path": "whole image", "s": t, "mpx_s": mpx / t,
                                  "peak_gb": peak / 2**30})
                     print(rows[-1], flush=True)
+                    (d / "cmp").mkdir(exist_ok=True)
+                    tiled, whole = compute_times(d / f"{model}.dlv", src, d / "whole.tif", d / "cmp")
+                    shutil.rmtree(d / "cmp")
+                    for path, s in (("tiled, compute", tiled), ("whole, compute", whole)):
+                        rows.append({"model": model, "size": side, "path": path, "s": s, "mpx_s": mpx / s,
+                                     "peak_gb": float("nan")})
+                    print(rows[-2:], flush=True)
             if side == args.cluster_size:
                 from distributed import LocalCluster
 
@@ -113,13 +157,12 @@ def main():
                              "peak_gb": peak / 2**30})
                 print(rows[-1], flush=True)
             for p in d.glob(f"*{side}*.zarr"):
-                import shutil
-
                 shutil.rmtree(p, ignore_errors=True)
     print(f"\n{'model':6} {'size':>6} {'path':18} {'s':>8} {'Mpx/s':>7} {'peak GB':>8}  ratio")
     for r in rows:
+        ref = "tiled, compute" if "compute" in r["path"] else "tiled (threads)"
         base = next((b for b in rows if b["model"] == r["model"] and b["size"] == r["size"]
-                     and b["path"] == "tiled (threads)"), r)
+                     and b["path"] == ref), r)
         print(f"{r['model']:6} {r['size']:>6} {r['path']:18} {r['s']:8.1f} {r['mpx_s']:7.2f} {r['peak_gb']:8.2f}"
               f"  {r['mpx_s'] / base['mpx_s']:.2f}x of tiled")
     if args.json:

@@ -69,7 +69,11 @@ def run(args, kind):
         channel_axis = channel_axis_for(lazy.array.shape, model.ndim, model.n_channels)
     arr = lazy.array[None] if channel_axis is None else _moveaxis(lazy.array, channel_axis, 0)
     wanted = [model.MAIN_OUTPUT, *extra]
-    results = lazy_outputs(model, arr, args.spacing, wanted, chunk=args.chunk, model_file=args.model)
+    # Worker processes (--scheduler processes, a cluster) load the model from
+    # its file's bytes; threads share the model already loaded here.
+    shared = args.dask_address is None and args.scheduler in (None, "threads", "synchronous")
+    results = lazy_outputs(model, arr, args.spacing, wanted, chunk=args.chunk,
+                           model_file=None if shared else args.model)
     if "denoised" in results:  # an image comes back in the input's layout
         den = results["denoised"]
         results["denoised"] = den[0] if channel_axis is None else _moveaxis(den, 0, channel_axis)
