@@ -166,6 +166,31 @@ class Denoiser:
             pass
         return core, Normalisation.invert(out[(slice(None),) + inner], params)
 
+    def _iter_views(self, img, views, out, grown=False):
+        """Fill `out` with the network's output for `img` (normalised) averaged over
+        `views` (test-time augmentation: (forward, back) pairs); yields (view,
+        done, total, core), core being the tile just written into `out` when
+        there is one view, else None (`out` is complete only at the end).
+        `grown`: `img` is a block already grown by the halo, run in one pass
+        where it fits."""
+        from ..core.lazy import one_pass
+
+        def tiles(view):
+            return view.shape[1:] if grown and one_pass(view.shape[1:], self.bytes_per_voxel) else None
+
+        if len(views) == 1:
+            for done, total, core in self.iter_denoise_normalised(img, out, tile_shape=tiles(img)):
+                yield 0, done, total, core
+            return
+        out[...] = 0
+        for k, (forward, back) in enumerate(views):
+            view = np.ascontiguousarray(forward(img))
+            part = np.empty_like(view)
+            for done, total, _ in self.iter_denoise_normalised(view, part, tile_shape=tiles(view)):
+                yield k, done, total, None
+            out += back(part)
+        out /= len(views)
+
     def iter_predict_outputs(self, image, channel_axis=None, spacing=None, wanted=("denoised",), tta=None, **_):
         """Progress events of denoising `image`; each "predicting" event's payload holds
         the tile just done ("block", spatial slices) and the result being filled
@@ -180,21 +205,16 @@ class Denoiser:
             raise UserInputError(f"a denoiser cannot output {', '.join(sorted(unknown))}; it gives 'denoised'")
         img, params = self.prepare(image, channel_axis, constant_ok=True)
         views = dihedral(img.ndim - 1) if (self.tta if tta is None else tta) else [(_same, _same)]
-        out = np.empty_like(img) if len(views) == 1 else np.zeros_like(img)
-        for k, (forward, back) in enumerate(views):
-            view = np.ascontiguousarray(forward(img))
-            part = out if len(views) == 1 else np.empty_like(view)
-            for done, total, core in self.iter_denoise_normalised(view, part):
-                payload = None
-                if len(views) == 1:
-                    sl = (slice(None),) + core
-                    out[sl] = Normalisation.invert(out[sl], params)
-                    payload = {"block": core, "denoised": out}
-                yield Progress("predicting", k * total + done, len(views) * total, "Denoising…", payload=payload)
-            if len(views) > 1:
-                out += back(part)
+        out = np.empty_like(img)
+        for k, done, total, core in self._iter_views(img, views, out):
+            payload = None
+            if core is not None:  # one view: shown as its tiles come
+                sl = (slice(None),) + core
+                out[sl] = Normalisation.invert(out[sl], params)
+                payload = {"block": core, "denoised": out}
+            yield Progress("predicting", k * total + done, len(views) * total, "Denoising…", payload=payload)
         if len(views) > 1:
-            out = Normalisation.invert(out / len(views), params)
+            out = Normalisation.invert(out, params)
             whole = tuple(slice(0, n) for n in out.shape[1:])
             yield Progress("predicting", 1, 1, "Denoising…", payload={"block": whole, "denoised": out})
         constant = [c for c, (lo, scale) in enumerate(params) if scale == 1.0 and np.ptp(img[c]) == 0]
@@ -222,22 +242,15 @@ class Denoiser:
 
     def block_function(self, params, spacing=None):
         """One grown block denoised, test-time augmentation within the block, in the input's units."""
-        from ..core.lazy import one_pass
-
         params, constant = params
         views = dihedral(self.ndim) if self.tta else [(_same, _same)]
 
         def block_denoise(block):
             img = self.normalisation.apply(as_channels_first(block, 0), params)
-            out = np.zeros_like(img)
-            for forward, back in views:
-                view = np.ascontiguousarray(forward(img))
-                part = np.empty_like(view)
-                whole = view.shape[1:] if one_pass(view.shape[1:], self.bytes_per_voxel) else None
-                for _ in self.iter_denoise_normalised(view, part, tile_shape=whole):  # grown by the halo already
-                    pass
-                out += back(part)
-            out = Normalisation.invert(out / len(views), params)
+            out = np.empty_like(img)
+            for _ in self._iter_views(img, views, out, grown=True):
+                pass
+            out = Normalisation.invert(out, params)
             for c in constant:  # nothing to denoise there: passed through
                 out[c] = params[c][0]
             return out
