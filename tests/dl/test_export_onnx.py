@@ -34,14 +34,31 @@ def test_a_3d_unet_exports_with_free_batch_and_sizes(tmp_path):
     assert meta["normalisation"] == seg.metadata()["normalisation"]
 
 
-def test_an_untrained_model_and_torchvision_detectors_are_refused_and_nothing_is_written(tmp_path):
-    from napari_dlvision.dl.detector import Detector
+def test_an_untrained_model_is_refused_and_nothing_is_written(tmp_path):
     from napari_dlvision.dl.segmenter import UNetSegmenter
 
     with pytest.raises(UserInputError, match="no trained network"):
         export_onnx(UNetSegmenter(), tmp_path / "a.onnx")
-    det = Detector(arch="fcos-mobilenet", pretrained="none")
-    det.build(1, 1, np.array([[10.0, 12.0]]))
-    with pytest.raises(UserInputError, match="centernet"):
-        export_onnx(det, tmp_path / "b.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("arch", ["fcos-mobilenet", "fasterrcnn-mobilenet"])
+def test_torchvision_detectors_export_with_their_box_decoding(arch, tmp_path):
+    from napari_dlvision.dl.detector import Detector
+    from napari_dlvision.dl.export_onnx import _box_set_difference
+
+    det = Detector(arch=arch, pretrained="none", device="cpu")
+    torch.manual_seed(0)
+    det.build(1, 2, np.array([[10.0, 12.0], [20.0, 16.0]]))
+    done = export_onnx(det, tmp_path / "det.onnx")
+    assert done["max_abs_difference"] <= 1e-4
+    x = np.random.default_rng(1).random((1, 1, 160, 224), dtype=np.float32)
+    with torch.no_grad():
+        found = det.net.eval()(torch.from_numpy(x))[0]
+    expected = [found[k].numpy() for k in ("boxes", "scores", "labels")]
+    session = ort.InferenceSession(str(tmp_path / "det.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x})
+    assert len(got[0]) == len(expected[0]) > 0
+    assert _box_set_difference(got, expected) <= 1e-4
+    meta = onnx_metadata(tmp_path / "det.onnx")
+    assert meta["arch"] == arch and "x0, y0, x1, y1" in meta["onnx"]["outputs"]

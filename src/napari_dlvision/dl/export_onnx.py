@@ -10,8 +10,12 @@ the pre- and post-processing; the README says what each kind needs.
 Fully convolutional networks (U-Net segmenter, denoiser, centre-point
 detector) take any batch and any spatial size that is a multiple of
 `multiple` (also in the metadata); image classifiers any batch of their
-training size. torchvision's detectors (FCOS, RetinaNet, Faster R-CNN) have
-data-dependent post-processing inside the network and are refused.
+training size. torchvision's detectors (FCOS, Faster R-CNN) keep their
+box decoding and non-maximum suppression inside the network: data-dependent
+steps that torch.export cannot trace, so they go through torch's
+TorchScript-based exporter instead; their graph takes one image (1, C, H, W)
+of any size and returns boxes (x0, y0, x1, y1, input pixels), scores and
+labels (1..K), as torchvision's detectors do.
 """
 
 from __future__ import annotations
@@ -39,8 +43,7 @@ def input_spec(model) -> tuple[tuple[int, ...], bool, int]:
     if kind == "image-classifier":
         return (2, model.n_channels, *model.size), False, 1
     if kind == "object-detector" and model.arch != "centernet":
-        raise UserInputError(f"ONNX export is for the centernet detector; {model.arch} has its box "
-                             "decoding inside the network, which ONNX export does not cover")
+        return (1, model.n_channels, 192, 256), True, 1  # one image, any size
     ndim = 2 if kind == "object-detector" else model.ndim
     m = model.net.multiple
     # Two sizes per axis would do; 2 multiples (3 in the first axis) tell axes apart.
@@ -55,6 +58,8 @@ def export_onnx(model, out) -> dict:
     net = model.net.to("cpu").eval()
     g = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=g)
+    if getattr(model, "arch", "centernet") != "centernet":
+        return _export_torchvision_detector(model, net, x, out, g)
     batch = torch.export.Dim("batch", min=1, max=4096)
     axes = {0: batch}
     if spatial:
@@ -96,6 +101,83 @@ def export_onnx(model, out) -> dict:
         tmp.write_bytes(data)
     return {"path": str(out), "max_abs_difference": diff, "checked_input_shape": list(check_shape),
             "bytes": len(data)}
+
+
+class _Boxes(torch.nn.Module):
+    """A torchvision detector as (boxes, scores, labels) of one image: ONNX has no dicts."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        found = self.net(x)[0]
+        return found["boxes"], found["scores"], found["labels"]
+
+
+def _export_torchvision_detector(model, net, x, out, g) -> dict:
+    import warnings
+
+    import onnxruntime as ort
+
+    wrapped = _Boxes(net).eval()
+    buffer, quiet = io.BytesIO(), io.StringIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(quiet), \
+                contextlib.redirect_stderr(quiet):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapped, (x,), buffer, dynamo=False, opset_version=17, input_names=["input"],
+                              output_names=["boxes", "scores", "labels"],
+                              dynamic_axes={"input": {2: "height", 3: "width"}, "boxes": {0: "n"},
+                                            "scores": {0: "n"}, "labels": {0: "n"}})
+    except Exception as e:  # noqa: BLE001 - torch's export errors are many and long
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserInputError(f"ONNX export of this network failed: {first}") from None
+    import onnx
+
+    proto = onnx.load_from_string(buffer.getvalue())
+    meta = {**model.metadata(), "onnx": {"input": "normalised, channels first, one image (1, C, H, W)",
+                                          "outputs": "boxes (x0, y0, x1, y1 in input pixels), scores, "
+                                                     "labels (1..K)",
+                                          "spatial_dims": 2, "spatial_multiple": None, "fixed_size": None}}
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    data = proto.SerializeToString()
+    # Checked on an image of another size: every box torch finds, onnxruntime
+    # finds too (same label, score and corners within TOLERANCE, corners in
+    # pixels scaled by 1/100), in whatever order equal scores come.
+    xc = torch.rand((1, x.shape[1], x.shape[2] + 32, x.shape[3] - 64), generator=g)
+    with torch.no_grad():
+        expected = [v.numpy() for v in wrapped(xc)]
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": xc.numpy()})
+    diff = _box_set_difference(got, expected)
+    if not diff <= TOLERANCE:
+        raise UserInputError(f"the ONNX graph differs from the network by {diff:.3g} (more than {TOLERANCE}); "
+                             "nothing was written")
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(data)
+    return {"path": str(out), "max_abs_difference": diff, "checked_input_shape": list(xc.shape),
+            "bytes": len(data)}
+
+
+def _box_set_difference(got, expected) -> float:
+    """Largest difference between a box of one list and its nearest in the other
+    (max of corner difference / 100 and score difference; another label does
+    not match). Boxes scoring within 1e-3 of the lowest score returned may be
+    in one list only: a rounding difference can move them across the score
+    threshold or the cap on the number of boxes."""
+    (gb, gs, gl), (eb, es, el) = got, expected
+    if not len(eb) and not len(gb):
+        return 0.0
+    if not len(eb) or not len(gb):
+        return float("inf") if max(len(es) and es.max(), len(gs) and gs.max()) > 1e-3 else 0.0
+    floor = min(es.min(), gs.min()) + 1e-3
+    d = np.maximum(np.abs(eb[:, None, :] - gb[None, :, :]).max(-1) / 100, np.abs(es[:, None] - gs[None, :]))
+    d = np.where(el[:, None] == gl[None, :], d, np.inf)
+    worst = [d.min(1)[es > floor], d.min(0)[gs > floor]]
+    return float(max((w.max() for w in worst if len(w)), default=0.0))
 
 
 def onnx_metadata(path) -> dict:
