@@ -93,13 +93,18 @@ def export_onnx(model, out) -> dict:
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": xc.numpy()})[0]
     diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
+    return _write_checked(data, out, diff, check_shape)
+
+
+def _write_checked(data: bytes, out, diff: float, checked_shape) -> dict:
+    """Write the ONNX bytes (atomically) only if they gave torch's answer."""
     if not diff <= TOLERANCE:
         raise UserInputError(f"the ONNX graph differs from the network by {diff:.3g} (more than {TOLERANCE}); "
                              "nothing was written")
     out = Path(out)
     with atomic_output(out) as tmp:
         tmp.write_bytes(data)
-    return {"path": str(out), "max_abs_difference": diff, "checked_input_shape": list(check_shape),
+    return {"path": str(out), "max_abs_difference": diff, "checked_input_shape": list(checked_shape),
             "bytes": len(data)}
 
 
@@ -151,15 +156,7 @@ def _export_torchvision_detector(model, net, x, out, g) -> dict:
         expected = [v.numpy() for v in wrapped(xc)]
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": xc.numpy()})
-    diff = _box_set_difference(got, expected)
-    if not diff <= TOLERANCE:
-        raise UserInputError(f"the ONNX graph differs from the network by {diff:.3g} (more than {TOLERANCE}); "
-                             "nothing was written")
-    out = Path(out)
-    with atomic_output(out) as tmp:
-        tmp.write_bytes(data)
-    return {"path": str(out), "max_abs_difference": diff, "checked_input_shape": list(xc.shape),
-            "bytes": len(data)}
+    return _write_checked(data, out, _box_set_difference(got, expected), xc.shape)
 
 
 def _box_set_difference(got, expected) -> float:
