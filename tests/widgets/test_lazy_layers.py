@@ -58,6 +58,26 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.zarr"]
 
 
+def test_stop_keeps_the_blocks_done_and_saves_nothing(make_napari_viewer, qtbot, trained, tmp_path):
+    s, clf = trained
+    big = np.tile(s.image, (26, 21))  # 4160 x 4200: 25 blocks
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(da.from_array(big, chunks=1024), name="slide")
+    w = PixelClassifierWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model = clf
+    assert w.apply_to_layer(layer) is not None
+    qtbot.waitUntil(lambda: "slide segmentation" in viewer.layers and 0 < w.panel.progress.value() < 50,
+                    timeout=60_000)
+    w.stop()
+    wait_idle(qtbot, w)
+    assert "Stopped; the blocks done so far are shown" in w.panel.status.text()
+    done = np.asarray(viewer.layers["slide segmentation"].data)
+    assert 0 < (done > 0).mean() < 1  # some blocks, not all
+    assert not w.lazy.save_btn.isEnabled()
+    assert w.lazy.save(tmp_path / "seg.zarr") is None and "let it finish" in w.last_error
+
+
 def test_a_multiscale_layer_uses_its_full_resolution(make_napari_viewer, qtbot, trained, tmp_path):
     s, clf = trained
     viewer = make_napari_viewer()

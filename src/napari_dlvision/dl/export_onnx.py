@@ -42,12 +42,16 @@ def input_spec(model) -> tuple[tuple[int, ...], bool, int]:
     kind = model.metadata()["kind"]
     if kind == "image-classifier":
         return (2, model.n_channels, *model.size), False, 1
-    if kind == "object-detector" and model.arch != "centernet":
+    if _is_torchvision_detector(model):
         return (1, model.n_channels, 192, 256), True, 1  # one image, any size
     ndim = 2 if kind == "object-detector" else model.ndim
     m = model.net.multiple
     # Two sizes per axis would do; 2 multiples (3 in the first axis) tell axes apart.
     return (2, model.n_channels, *[m * (3 if i == 0 else 2) for i in range(ndim)]), True, m
+
+
+def _is_torchvision_detector(model) -> bool:
+    return model.metadata()["kind"] == "object-detector" and model.arch != "centernet"
 
 
 def export_onnx(model, out) -> dict:
@@ -58,7 +62,7 @@ def export_onnx(model, out) -> dict:
     net = model.net.to("cpu").eval()
     g = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=g)
-    if getattr(model, "arch", "centernet") != "centernet":
+    if _is_torchvision_detector(model):
         return _export_torchvision_detector(model, net, x, out, g)
     batch = torch.export.Dim("batch", min=1, max=4096)
     axes = {0: batch}
