@@ -101,7 +101,7 @@ def test_a_zarr_image_is_detected_tile_by_tile_with_the_in_memory_boxes(files, t
     assert r.returncode == 0, r.stderr
     r = dlvision("predict", *args, "--image", tmp_path / "big.zarr", "--out", tmp_path / "lazy.csv")
     assert r.returncode == 0, r.stderr
-    assert "tile by tile from the store" in r.stdout
+    assert "tile by tile from the store" in r.stdout and "100% | tile" in r.stderr
     mem, lazy = (tmp_path / "mem.csv").read_text(), (tmp_path / "lazy.csv").read_text()
     assert mem == lazy and len(mem.splitlines()) > 1
     r = dlvision("predict", *args, "--image", tmp_path / "big.zarr", "--out", tmp_path / "x.csv",

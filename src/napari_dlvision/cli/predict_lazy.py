@@ -112,8 +112,19 @@ def _detect(args, kind):
     if channel_axis is None:
         channel_axis = model.guess_channel_axis(lazy.array.shape)
     print(f"detecting in {'x'.join(map(str, lazy.array.shape))}, tile by tile from the store", flush=True)
-    boxes = model.predict_outputs(lazy.array, channel_axis, args.spacing, ("boxes",), **options)["boxes"]
+    boxes = model.predict_outputs(lazy.array, channel_axis, args.spacing, ("boxes",), on_progress=_tile_bar,
+                                  **options)["boxes"]
     print(f"wrote {write_output(args.out, boxes)} ({len(boxes)} boxes)")
+
+
+def _tile_bar(done: int, total: int) -> None:
+    """A one-line progress bar on stderr, like dask's for the pixel models."""
+    import sys
+
+    filled = 40 * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    print(f"\r[{'#' * filled}{' ' * (40 - filled)}] | {100 * done // max(total, 1)}% | tile {done}/{total}",
+          end=end, file=sys.stderr, flush=True)
 
 
 def _moveaxis(arr, source, target):

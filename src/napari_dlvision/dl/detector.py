@@ -240,24 +240,27 @@ class Detector:
                          (np.concatenate(all_i) if all_i else np.zeros(0, np.int64))[ok] if planes.stack else None)
         yield Progress("done", total, total, payload={"candidates": cands})
 
-    def candidates(self, image, channel_axis=None, **kw) -> BoxTable:
+    def candidates(self, image, channel_axis=None, on_progress=None, **kw) -> BoxTable:
+        """Candidates of `image`; `on_progress(done, total)` after each tile, if given."""
         last = None
         for last in self.iter_predict(image, channel_axis, **kw):
-            pass
+            if on_progress is not None and last.stage == "predicting":
+                on_progress(last.done, last.total)
         return last.payload["candidates"]
 
-    def predict_boxes(self, image, channel_axis=None, score_threshold=None, nms_iou=None) -> BoxTable:
+    def predict_boxes(self, image, channel_axis=None, score_threshold=None, nms_iou=None,
+                      on_progress=None) -> BoxTable:
         """Scored boxes of a 2D image (or, with an `index`, of every plane of a stack)."""
-        return select(self.candidates(image, channel_axis),
+        return select(self.candidates(image, channel_axis, on_progress),
                       self.score_threshold if score_threshold is None else score_threshold,
                       self.nms_iou if nms_iou is None else nms_iou)
 
     def predict_outputs(self, image, channel_axis=None, spacing=None, wanted=("boxes",), score_threshold=None,
-                        nms_iou=None, **_):
+                        nms_iou=None, on_progress=None, **_):
         """What core.apply and the CLI write: {"boxes": BoxTable} (written as CSV)."""
         if score_threshold is not None and not 0 <= score_threshold <= 1:
             raise UserInputError(f"score threshold must be between 0 and 1, got {score_threshold}")
-        return {"boxes": self.predict_boxes(image, channel_axis, score_threshold, nms_iou)}
+        return {"boxes": self.predict_boxes(image, channel_axis, score_threshold, nms_iou, on_progress)}
 
     # -- model file -----------------------------------------------------------------------
     def metadata(self) -> dict:
