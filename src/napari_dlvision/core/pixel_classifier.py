@@ -24,7 +24,7 @@ from .probabilities import segmentation, uncertainty
 from .tiling import BLOCK_PIXELS, CACHE_BYTES, FeatureTiles, tile_shape_for, volume
 
 DASK_TILE_BYTES = 64 << 20  # feature memory per dask chunk being predicted
-PREVIEW_STRIDE = 2  # live preview of the visible region: one pixel in 2 x 2 predicted first
+PREVIEW_STRIDE = 4  # live preview of the visible region: one pixel in 4 x 4 predicted first (0.03 s for 1024²)
 
 KIND = "pixel-random-forest"
 
