@@ -78,6 +78,21 @@ def test_stop_keeps_the_blocks_done_and_saves_nothing(make_napari_viewer, qtbot,
     assert w.lazy.save(tmp_path / "seg.zarr") is None and "let it finish" in w.last_error
 
 
+def test_a_zarr_array_layer_is_read_by_blocks_too(make_napari_viewer, qtbot, trained):
+    zarr = pytest.importorskip("zarr")
+    s, clf = trained
+    z = zarr.create_array(zarr.storage.MemoryStore(), shape=s.image.shape, chunks=(64, 64), dtype=s.image.dtype)
+    z[:] = s.image
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(z, name="z")
+    w = PixelClassifierWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model = clf
+    assert w.apply_to_layer(layer) is not None
+    wait_idle(qtbot, w)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["z segmentation"].data), clf.predict(s.image))
+
+
 def test_a_multiscale_layer_uses_its_full_resolution(make_napari_viewer, qtbot, trained, tmp_path):
     s, clf = trained
     viewer = make_napari_viewer()

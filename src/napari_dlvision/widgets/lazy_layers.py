@@ -22,7 +22,7 @@ from qtpy.QtWidgets import QFileDialog, QPushButton
 
 from ..core.errors import UserInputError
 from ..core.events import Progress
-from .layers import find_output, show_output, spatial_shape, visible_box
+from .layers import find_output, show_output, visible_box
 
 REFRESH_S = 0.25  # redraw the output layer at most this often while blocks arrive
 
@@ -33,14 +33,20 @@ def is_lazy(image: Image | None) -> bool:
 
 
 def lazy_input(image: Image):
-    """(dask array (C, *spatial) of the full resolution, spacing or None); nothing read."""
+    """(full-resolution data, RGB?, spacing or None) of a large layer; nothing read.
+    `as_dask` turns the data into the core's (C, *spatial) dask array; it runs
+    in the worker, since importing dask.array stalls a thread for half a second."""
+    data = image.data[0] if image.multiscale else image.data
+    spatial = len(data.shape) - (1 if image.rgb else 0)
+    spacing = tuple(float(s) for s in image.scale[-spatial:])
+    return data, bool(image.rgb), (None if len(set(spacing)) == 1 else spacing)
+
+
+def as_dask(data, rgb: bool):
     import dask.array as da
 
-    data = image.data[0] if image.multiscale else image.data
     arr = data if isinstance(data, da.Array) else da.from_array(data, chunks=_chunks(data))
-    arr = da.moveaxis(arr, -1, 0) if image.rgb else arr[None]
-    spacing = tuple(float(s) for s in image.scale[-(arr.ndim - 1):])
-    return arr, (None if len(set(spacing)) == 1 else spacing)
+    return da.moveaxis(arr, -1, 0) if rgb else arr[None]
 
 
 def _chunks(data):
@@ -74,9 +80,8 @@ class LazyPredictions:
         try:
             if model is None:
                 raise UserInputError(f"train or load a {w.WHAT} first")
-            arr, spacing = lazy_input(image)
-            focus = visible_box(w.viewer, image, spatial_shape(image) if not image.multiscale
-                                else tuple(image.data[0].shape[-(arr.ndim - 1):]))
+            data, rgb, spacing = lazy_input(image)
+            focus = visible_box(w.viewer, image, tuple(data.shape[:-1] if rgb else data.shape))
             folder = self._temporary_folder()
         except UserInputError as e:
             return w.error(str(e))
@@ -85,15 +90,15 @@ class LazyPredictions:
         self.save_btn.setVisible(True)
         self.result = None
         self._last_refresh = 0.0
-        return w.start(self._job(model, arr, spacing, what, focus, path), self._on_event, self._on_end,
+        return w.start(self._job(model, data, rgb, spacing, what, focus, path), self._on_event, self._on_end,
                        image=image, key=key, path=path, layer_type=layer_type, layer_kw=layer_kw, note=note,
                        what=what)
 
     @staticmethod
-    def _job(model, arr, spacing, what, focus, path):
+    def _job(model, data, rgb, spacing, what, focus, path):
         from ..core.lazy import iter_blocks_into, lazy_outputs
 
-        out = lazy_outputs(model, arr, spacing, (what,))[what]
+        out = lazy_outputs(model, as_dask(data, rgb), spacing, (what,))[what]
         mm = np.lib.format.open_memmap(path, mode="w+", dtype=out.dtype, shape=out.shape)
         yield Progress("predicting", 0, 0, payload={"array": mm})
         yield from iter_blocks_into(out, mm, focus)
@@ -124,7 +129,7 @@ class LazyPredictions:
         if ev.stage == "done":
             import dask.array as da
 
-            arr = payload["array"]
+            arr = payload["array"]  # dask is imported by now (the worker used it)
             self.result = (c["image"], da.from_array(arr, chunks=tuple(min(n, 1024) for n in arr.shape)))
             self.save_btn.setEnabled(True)
             w.say(f"{c['note']}Predicted {c['image'].name} block by block (those in view first) in "
