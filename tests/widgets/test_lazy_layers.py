@@ -78,31 +78,31 @@ def test_stop_keeps_the_blocks_done_and_saves_nothing(make_napari_viewer, qtbot,
     assert w.lazy.save(tmp_path / "seg.zarr") is None and "let it finish" in w.last_error
 
 
+def applied(make_napari_viewer, qtbot, clf, data, name, **layer_kw):
+    """A viewer holding `data` as layer `name`, the forest widget docked after, applied to it."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(data, name=name, **layer_kw)
+    w = PixelClassifierWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model = clf
+    assert w.apply_to_layer(layer) is not None
+    wait_idle(qtbot, w)
+    return viewer, w
+
+
 def test_a_zarr_array_layer_is_read_by_blocks_too(make_napari_viewer, qtbot, trained):
     zarr = pytest.importorskip("zarr")
     s, clf = trained
     z = zarr.create_array(zarr.storage.MemoryStore(), shape=s.image.shape, chunks=(64, 64), dtype=s.image.dtype)
     z[:] = s.image
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(z, name="z")
-    w = PixelClassifierWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.model = clf
-    assert w.apply_to_layer(layer) is not None
-    wait_idle(qtbot, w)
+    viewer, _ = applied(make_napari_viewer, qtbot, clf, z, "z")
     np.testing.assert_array_equal(np.asarray(viewer.layers["z segmentation"].data), clf.predict(s.image))
 
 
 def test_a_multiscale_layer_uses_its_full_resolution(make_napari_viewer, qtbot, trained, tmp_path):
     s, clf = trained
-    viewer = make_napari_viewer()
     pyramid = [da.from_array(s.image, chunks=64), da.from_array(s.image[::2, ::2], chunks=64)]
-    layer = viewer.add_image(pyramid, multiscale=True, name="pyr")
-    w = PixelClassifierWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.model = clf
-    assert w.apply_to_layer(layer) is not None
-    wait_idle(qtbot, w)
+    viewer, w = applied(make_napari_viewer, qtbot, clf, pyramid, "pyr", multiscale=True)
     np.testing.assert_array_equal(np.asarray(viewer.layers["pyr segmentation"].data), clf.predict(s.image))
     assert w.lazy.save(tmp_path / "seg.tif") is not None
     wait_idle(qtbot, w)
