@@ -54,6 +54,10 @@ class DenoiseSettings:
     channels: str = "independent"  # Noise2Void: mask channels "independent"ly or "joint"ly
     device: str = "auto"
     time_limit: float | None = None
+    # bfloat16 where the CPU runs it natively: about 1.6x the steps in the same
+    # time, and the steps matter more than the last digits here (membrane2d,
+    # Gaussian 0.1, 180 s: 987 steps and 34.9 dB against 603 and 34.6 dB).
+    cpu_amp: bool = True
     seed: int = 0
     preview_every: int = 0  # steps between previews; 0: none
 
