@@ -141,6 +141,27 @@ def test_continue_training_adds_steps(n2v_run):
     assert d.training["steps_total"] == total + 5
 
 
+def test_training_runs_in_bfloat16_where_the_cpu_has_it(cells):
+    """bfloat16 gives Noise2Void 1.6x the steps in a time budget on such CPUs;
+    elsewhere (emulated, slow) training stays in float32."""
+    import torch
+
+    from napari_dlvision.dl.loop import cpu_bf16_supported
+
+    clean, (noisy, _) = cells
+    d = Denoiser("n2v", **TINY)
+    seen = []
+    gen = train_denoiser(d, noisy, settings=settings(steps=2, device="cpu"))
+    for ev in gen:
+        if ev.stage == "start":  # the network exists now: watch its first convolution's output
+            conv = next(m for m in d.net.modules() if isinstance(m, torch.nn.Conv2d))
+            conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    assert seen, "the hook saw no training step"
+    assert seen[0] == (torch.bfloat16 if cpu_bf16_supported() else torch.float32)
+    assert d.denoise(noisy).dtype == np.float32  # prediction stays in float32
+    assert d.training["settings"]["cpu_amp"] is True
+
+
 # -- bad input: one clear message, nothing trained on garbage -------------------
 def _first_error(gen):
     with pytest.raises(UserInputError) as e:
