@@ -16,6 +16,8 @@ one (data range 1):
   alone; Noise2Noise from it and a second, independent noisy acquisition;
   supervised from it and the clean image of the same field (so an upper
   bound, not a test of generalisation). Time = training + prediction.
+  Noise2Void puts each pixel's own value back where the network is unsure
+  (core.reinclusion); its line also shows the network's output alone.
 
     python bench/bench_denoise.py                                  # everything (hours on 2 cores)
     python bench/bench_denoise.py --images membrane --noise g0.1 --methods n2v --seeds 0,1,2
@@ -156,8 +158,12 @@ def run_ours(method, clean, noisy, second, seed, budget, device, preset, steps, 
     out = d.denoise(noisy, tta=tta)
     t_pred = time.perf_counter() - t0
     psnr, ssim = scores(clean, out)
-    return {"method": method, "seed": seed, "psnr": psnr, "ssim": ssim, "train_seconds": t_train,
-            "predict_seconds": t_pred, "steps": d.training["steps"]}
+    run = {"method": method, "seed": seed, "psnr": psnr, "ssim": ssim, "train_seconds": t_train,
+           "predict_seconds": t_pred, "steps": d.training["steps"]}
+    if d.reinclude:  # the same network without the noisy value put back, for the record
+        d.reinclude = False
+        run["psnr_network_only"] = scores(clean, d.denoise(noisy, tta=tta))[0]
+    return run
 
 
 def summarise(runs):
@@ -220,7 +226,8 @@ def main(argv=None):
                     r = run_ours(method, clean, noisy, second, seed, args.budget, args.device, args.preset, args.steps,
                                  args.tta)
                     runs.append(r)
-                    print(f"    ours {method:10s} seed {seed}: PSNR {r['psnr']:6.2f}  SSIM {r['ssim']:.3f}  "
+                    plain = f" (network only {r['psnr_network_only']:.2f})" if "psnr_network_only" in r else ""
+                    print(f"    ours {method:10s} seed {seed}: PSNR {r['psnr']:6.2f}{plain}  SSIM {r['ssim']:.3f}  "
                           f"{r['steps']} steps in {r['train_seconds']:.0f} s + predict {r['predict_seconds']:.2f} s",
                           flush=True)
                 s = summarise(runs)

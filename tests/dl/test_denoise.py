@@ -98,6 +98,25 @@ def test_model_file_round_trip_and_registry(n2v_run, tmp_path):
     assert back.predict_outputs(raw)["denoised"].shape == raw.shape
 
 
+def test_noise2void_puts_the_noisy_value_back_and_its_file_says_so(n2v_run, cells, tmp_path):
+    d, _, raw = n2v_run
+    clean = cells[0]
+    assert d.reinclude and Denoiser("n2n").reinclude is False
+    put_back = d.denoise(raw, tta=False)
+    d.reinclude = False
+    try:
+        plain = d.denoise(raw, tta=False)
+        assert not Denoiser.load(d.save(tmp_path / "off.dlv"), device="cpu").reinclude
+    finally:
+        d.reinclude = True
+    assert np.abs(put_back - plain).max() > 1.0  # camera units: it changed the result...
+    # ...and not for the worse, even at this high noise (where it adds little).
+    assert psnr(clean, (put_back - 300) / 1000) > psnr(clean, (plain - 300) / 1000) - 0.1
+    back = Denoiser.load(d.save(tmp_path / "on.dlv"), device="cpu")
+    assert back.reinclude
+    np.testing.assert_allclose(back.denoise(raw, tta=False), put_back, atol=1e-3)
+
+
 def test_noise2noise_from_pairs_and_from_frames(cells):
     clean, (a, b) = cells
     d = Denoiser("n2n", **TINY)

@@ -60,6 +60,7 @@ def test_noise2void_previews_then_denoises_the_layer_beside_the_input(qtbot, wid
     viewer = widget.viewer
     assert widget.noisy_picker.value is viewer.layers["noisy"] and widget.mode() == "n2v"
     assert not widget.second_picker.isEnabled()
+    assert widget.reinclude_check.isEnabled() and widget.reinclude_check.isChecked()
     qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
     # The preview of the region on screen fills the result layer while training runs.
     qtbot.waitUntil(lambda: "noisy denoised" in viewer.layers
@@ -107,6 +108,13 @@ def test_stop_keeps_a_model_continue_resumes_save_load_and_apply(qtbot, widget, 
     assert other.last_error is None, other.last_error
     np.testing.assert_allclose(viewer.layers["second denoised"].data,
                                other.model.denoise(counts(cells[1][1])), rtol=1e-4, atol=1e-2)
+    # Unticking "put each pixel's own value back" gives the network's prediction as it is.
+    other.reinclude_check.setChecked(False)
+    qtbot.mouseClick(other.apply_picker.parent().layer_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, other)
+    assert other.model.reinclude is False
+    np.testing.assert_allclose(viewer.layers["second denoised"].data,
+                               other.model.denoise(counts(cells[1][1])), rtol=1e-4, atol=1e-2)
 
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "a.tif", counts(cells[1][0])[:70])
@@ -130,6 +138,7 @@ def test_noise2noise_from_a_second_layer(qtbot, widget, cells):
     viewer.add_image(counts(b), name="noisy again")
     widget.mode_combo.setCurrentText(next(k for k, v in MODES.items() if v == "n2n"))
     assert widget.second_picker.isEnabled()
+    assert not widget.reinclude_check.isEnabled()  # this network sees the pixel already
     widget.second_picker.value = viewer.layers["noisy again"]
     widget.settings_form.set_value("steps", 40)
     qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)

@@ -42,6 +42,9 @@ def add_arguments(p):
                    help="Noise2Void on multi-channel images: mask channels independently or jointly")
     p.add_argument("--no-tta", action="store_true",
                    help="predict in one pass instead of averaging 8 flips and rotations (8x faster, a little noisier)")
+    p.add_argument("--no-reinclude", action="store_true",
+                   help="Noise2Void: keep the network's prediction as it is instead of putting each pixel's own "
+                        "value back where the network is unsure")
     training_options(p, steps=400)
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the image holding channels (default: guessed from the shapes)")
@@ -141,6 +144,7 @@ def run(args):
     images, extra, axis = read_noisy(files, matched, args.channel_axis, args.frames, model)
     denoiser = model or Denoiser(mode, args.preset, device=args.device)
     denoiser.tta = not args.no_tta
+    denoiser.reinclude = mode == "n2v" and not args.no_reinclude
     settings = DenoiseSettings(steps=args.steps, patch_size=args.patch_size, batch_size=args.batch_size,
                                channels=args.channels, device=args.device, time_limit=args.time_limit,
                                seed=args.seed)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core import modelfile
+from ..core import modelfile, reinclusion
 from ..core.errors import ModelFileError, UserInputError
 from ..core.events import Progress
 from ..core.images import as_channels_first, check_spacing
@@ -76,6 +76,9 @@ class Denoiser:
         # Average the results for 8 flips and rotations of the image when predicting:
         # about +0.5 dB for Noise2Void, for 8 times the prediction time.
         self.tta = True
+        # Noise2Void only (the other networks see the pixel): put the noisy pixel's
+        # value back where the network is unsure (core.reinclusion).
+        self.reinclude = mode == "n2v"
 
     @property
     def title(self) -> str:
@@ -164,7 +167,15 @@ class Denoiser:
         out = np.empty_like(region)
         for _ in self.iter_denoise_normalised(region, out, device=device, net=net):
             pass
-        return core, Normalisation.invert(out[(slice(None),) + inner], params)
+        inner = (slice(None),) + inner
+        return core, self._reincluded(Normalisation.invert(out[inner], params), Normalisation.invert(region[inner], params))
+
+    def _reincluded(self, out_cf, raw_cf, skip=()):
+        """`out_cf` (C, *spatial, input units) with the noisy values `raw_cf` put back
+        where the model does that; fitted on this very image."""
+        if not self.reinclude:
+            return out_cf
+        return reinclusion.apply_channels(reinclusion.fit_channels(out_cf, raw_cf, skip), out_cf, raw_cf)
 
     def _iter_views(self, img, views, out, grown=False):
         """Fill `out` with the network's output for `img` (normalised) averaged over
@@ -213,18 +224,22 @@ class Denoiser:
                 out[sl] = Normalisation.invert(out[sl], params)
                 payload = {"block": core, "denoised": out}
             yield Progress("predicting", k * total + done, len(views) * total, "Denoising…", payload=payload)
+        constant = [c for c, (lo, scale) in enumerate(params) if scale == 1.0 and np.ptp(img[c]) == 0]
         if len(views) > 1:
             out = Normalisation.invert(out, params)
+        if len(views) > 1 or self.reinclude:
+            out = self._reincluded(out, as_channels_first(image, channel_axis), skip=constant)
             whole = tuple(slice(0, n) for n in out.shape[1:])
             yield Progress("predicting", 1, 1, "Denoising…", payload={"block": whole, "denoised": out})
-        constant = [c for c, (lo, scale) in enumerate(params) if scale == 1.0 and np.ptp(img[c]) == 0]
         for c in constant:  # nothing to denoise there: pass the channel through
             out[c] = params[c][0]
         yield Progress("done", 1, 1, None, payload={"denoised": to_layout(out, channel_axis, np.ndim(image))})
 
     def block_plan(self, image_cf, spacing=None):
         """How blocks of a larger-than-memory image are denoised (core.lazy):
-        normalised with the whole image's parameters (as `norm_params`)."""
+        normalised with the whole image's parameters (as `norm_params`), the
+        noisy values put back with numbers fitted on the central region (as
+        in memory: `reinclusion.calibration_region`)."""
         from ..core.lazy import BlockPlan, network_block_side, sampled_percentile_params
 
         self.check_compatible(np.empty((image_cf.shape[0],) + (2,) * (image_cf.ndim - 1), np.float32))
@@ -238,21 +253,38 @@ class Denoiser:
             params[c] = (lo_c, 1.0) if hi_c <= lo_c else (lo_c, 1.0 / (hi_c - lo_c))
             if hi_c <= lo_c:
                 constant.append(c)
-        return BlockPlan((self.halo,) * self.ndim, self.n_channels, self.net.multiple, (params, constant), side)
+        putback = None
+        if self.reinclude:
+            shape = image_cf.shape[1:]
+            outer, inner = grow(reinclusion.calibration_region(shape), (self.halo,) * self.ndim, shape)
+            block = np.asarray(image_cf[(slice(None),) + outer])
+            mu = self._denoise_grown(block, params, constant)
+            inner = (slice(None),) + inner
+            putback = reinclusion.fit_channels(mu[inner], as_channels_first(block, 0)[inner], skip=constant)
+        return BlockPlan((self.halo,) * self.ndim, self.n_channels, self.net.multiple, (params, constant, putback),
+                         side)
+
+    def _denoise_grown(self, block, params, constant):
+        """A grown (C, *spatial) block denoised in the input's units, test-time
+        augmentation within the block, the noisy values not put back."""
+        views = dihedral(self.ndim) if self.tta else [(_same, _same)]
+        img = self.normalisation.apply(as_channels_first(block, 0), params)
+        out = np.empty_like(img)
+        for _ in self._iter_views(img, views, out, grown=True):
+            pass
+        out = Normalisation.invert(out, params)
+        for c in constant:  # nothing to denoise there: passed through
+            out[c] = params[c][0]
+        return out
 
     def block_function(self, params, spacing=None):
-        """One grown block denoised, test-time augmentation within the block, in the input's units."""
-        params, constant = params
-        views = dihedral(self.ndim) if self.tta else [(_same, _same)]
+        """One grown block denoised, in the input's units."""
+        params, constant, putback = params
 
         def block_denoise(block):
-            img = self.normalisation.apply(as_channels_first(block, 0), params)
-            out = np.empty_like(img)
-            for _ in self._iter_views(img, views, out, grown=True):
-                pass
-            out = Normalisation.invert(out, params)
-            for c in constant:  # nothing to denoise there: passed through
-                out[c] = params[c][0]
+            out = self._denoise_grown(block, params, constant)
+            if putback is not None:
+                out = reinclusion.apply_channels(putback, out, as_channels_first(block, 0))
             return out
 
         return block_denoise
@@ -284,6 +316,7 @@ class Denoiser:
             "normalisation": {**self.normalisation.to_json(), "degenerate": "min-max"},
             "output": "float32, the input's intensity units",
             "test_time_augmentation": self.tta,
+            "reinclude_noisy_value": self.reinclude,
             "training": self.training,
             "metrics": self.metrics,
         }
@@ -316,6 +349,10 @@ class Denoiser:
             self.training = field(meta, "training", dict, optional=True, default={})
             self.metrics = field(meta, "metrics", dict, optional=True, default={})
             self.tta = field(meta, "test_time_augmentation", bool, optional=True, default=False)
+            # Files from before this option denoised without it.
+            self.reinclude = field(meta, "reinclude_noisy_value", bool, optional=True, default=False)
+            if self.reinclude and mode != "n2v":
+                raise ValueError("only a Noise2Void model puts the noisy value back")
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, UserInputError) as e:

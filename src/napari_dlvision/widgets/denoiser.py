@@ -78,6 +78,12 @@ class DenoiserWidget(ModelWidget):
         self.tta_check.setToolTip("When denoising a whole layer or folder: a little less noise, 8 times the time")
         self.tta_check.setChecked(True)
         form.addRow("", self.tta_check)
+        self.reinclude_check = QCheckBox("Put each pixel's own value back where unsure")
+        self.reinclude_check.setToolTip(
+            "Noise2Void never sees the pixel it predicts; weighing its prediction against the pixel's own value "
+            "by their estimated errors keeps fine detail (about +0.3 dB at low noise)")
+        self.reinclude_check.setChecked(True)
+        form.addRow("", self.reinclude_check)
         lay.addLayout(form)
         self.settings_form = SettingsForm("Training", FIELDS)
         lay.addWidget(self.settings_form)
@@ -106,6 +112,7 @@ class DenoiserWidget(ModelWidget):
     def _mode_changed(self, *_):
         mode = self.mode()
         self.second_picker.setEnabled(mode != "n2v")
+        self.reinclude_check.setEnabled(mode == "n2v")  # the other networks see the pixel already
         self.second_picker.setToolTip(SECOND[mode])
         label = self._form.labelForField(self.second_picker)
         if label is not None:
@@ -242,7 +249,7 @@ class DenoiserWidget(ModelWidget):
                 if first == "frames" or first == "channels" and not image.rgb:
                     raise UserInputError("a large layer is denoised as one 2D or 3D image (grey or RGB); "
                                          "set 'First axis is' to space")
-                self.model.tta = self.tta_check.isChecked()
+                self._apply_options()
                 kw = {"contrast_limits": tuple(image.contrast_limits), "rgb": image.rgb, "blending": "translucent"}
                 if not image.rgb:
                     kw["colormap"] = image.colormap.name
@@ -253,7 +260,7 @@ class DenoiserWidget(ModelWidget):
             self.model.check_shape(shape, layout.frame_axis())
         except UserInputError as e:
             return self.error(str(e))
-        self.model.tta = self.tta_check.isChecked()
+        self._apply_options()
         self._begin_output(image)
         self._last_refresh = 0.0
         return self.start(predict_job(self.model, data, layout), self._on_predict_event, self._on_predict_end,
@@ -278,14 +285,20 @@ class DenoiserWidget(ModelWidget):
 
     _last_refresh = 0.0
 
+    def _apply_options(self):
+        """The prediction options ticked in the widget, onto the model."""
+        self.model.tta = self.tta_check.isChecked()
+        self.model.reinclude = self.model.mode == "n2v" and self.reinclude_check.isChecked()
+
     def predict_folder(self, in_dir, out_dir):
         if self.model is not None and not self.runner.busy:
-            self.model.tta = self.tta_check.isChecked()
+            self._apply_options()
         return super().predict_folder(in_dir, out_dir, ["denoised"])
 
     def on_model_loaded(self, d, path):
         self.set_mode(d.mode)
         self.tta_check.setChecked(d.tta)
+        self.reinclude_check.setChecked(d.reinclude or d.mode != "n2v")
         self.plot.clear()
         self.say(f"Loaded {path.name}: {d.ndim}D {d.title} denoiser for {d.n_channels}-channel images, "
                  f"trained {d.training.get('steps_total', '?')} steps.")

@@ -1,0 +1,153 @@
+"""Put the noisy pixel's own value back into a blind-spot prediction.
+
+Noise2Void's network never sees the pixel it predicts (that is how it learns
+without clean images), so its prediction `mu` ignores the best single piece
+of evidence there is: the pixel `y` itself. Where the network is sure (flat
+regions) `mu` beats `y`; at edges and fine structure often not. Weighing the
+two by their error variances,
+
+    x = mu + e2 / (e2 + s2) * (y - mu),
+
+is the posterior mean for Gaussian errors (the idea of Laine et al. 2019 and
+of probabilistic Noise2Void, in its simplest form), with
+- s2 the noise variance of `y`, a function of the signal (Poisson-Gaussian
+  noise: s2 = a * (mu - m0) + b, a and b >= 0);
+- e2 the network's own error variance, per band of the prediction's gradient
+  magnitude: E[(y - mu)^2] - s2 there, unbiased because `mu` does not depend
+  on `y` at that pixel.
+No clean image is needed. Measured on membrane2d (README), it adds 0.3-0.5 dB
+at low noise, where Noise2Void trails BM3D, and little at high noise.
+
+The fit is sensitive to s2: an underestimate of 10% undoes the gain, while an
+overestimate only shrinks `x` towards `mu`. So s2 is the larger of two
+estimates that err in different places: wavelet (Haar) detail coefficients
+of `y` by signal band (robust median, fooled by dense fine structure), and
+squared residuals on the flattest pixels (fooled by the network's error where
+the noise is low).
+
+Everything is fitted once on a calibration region (`calibration_region`) and
+then applied by a per-pixel rule, so blocks of a larger-than-memory image get
+the same numbers as the image in memory. Units do not matter: the rule is
+unchanged by an affine change of intensities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BANDS = 16  # quantile bands, of the gradient magnitude (e2) and of the signal (s2)
+MIN_VOXELS = 4096  # below this the variances are too noisy to trust: `mu` is kept
+CALIBRATION_VOXELS = 1 << 20  # the central region the numbers are fitted on
+_MAD_TO_SD = 1 / 0.6745  # a normal distribution's standard deviation over its median absolute deviation
+
+
+def calibration_region(shape) -> tuple[slice, ...]:
+    """The central region of a spatial `shape` holding at most CALIBRATION_VOXELS."""
+    shape = tuple(int(n) for n in shape)
+    shrink = min(1.0, (CALIBRATION_VOXELS / max(1, int(np.prod(shape)))) ** (1 / len(shape)))
+    sides = [max(1, int(n * shrink)) for n in shape]
+    return tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(shape, sides))
+
+
+def _gradient(mu: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_gradient_magnitude(mu, 1.0)
+
+
+def _quantile_edges(values: np.ndarray, n: int) -> np.ndarray:
+    return np.quantile(values, np.linspace(0, 1, n + 1)[1:-1])
+
+
+def _haar_points(mu: np.ndarray, y: np.ndarray):
+    """(signal, detail) per 2x2 cell of the last two axes: the diagonal Haar
+    coefficient has the noise's variance and almost no smooth signal."""
+    h, w = (s - s % 2 for s in y.shape[-2:])
+    y = y[..., :h, :w].reshape(-1, h, w)
+    mu = mu[..., :h, :w].reshape(-1, h, w)
+    corners = [(slice(None), slice(i, None, 2), slice(j, None, 2)) for i in (0, 1) for j in (0, 1)]
+    d = (y[corners[0]] - y[corners[1]] - y[corners[2]] + y[corners[3]]) / 2
+    m = sum(mu[c] for c in corners) / 4
+    return m.ravel(), d.ravel()
+
+
+def _affine_fit(x: np.ndarray, v: np.ndarray, m0: float):
+    """(a, b) >= 0 of v ~ a * (x - m0) + b, least squares."""
+    from scipy.optimize import nnls
+
+    (a, b), _ = nnls(np.stack([x - m0, np.ones_like(x)], 1), v)
+    return float(a), float(b)
+
+
+def _noise_variance(mu: np.ndarray, y: np.ndarray, grad: np.ndarray, m0: float):
+    """(a, b): two fits of s2 = a * (mu - m0) + b; see the module's note."""
+    m, d = _haar_points(mu, y)
+    band = np.searchsorted(_quantile_edges(m, BANDS), m)
+    points = []
+    for i in range(BANDS):
+        di = d[band == i]
+        if di.size >= 16:
+            mad = np.median(np.abs(di - np.median(di)))
+            points.append((float(m[band == i].mean()), float((mad * _MAD_TO_SD) ** 2)))
+    haar = _affine_fit(*np.array(points).T, m0) if len(points) >= 2 else (0.0, 0.0)
+    flat = grad <= np.quantile(grad, 1 / BANDS)
+    residual = _affine_fit(mu[flat], (y[flat] - mu[flat]) ** 2, m0)
+    return haar, residual
+
+
+def fit(mu: np.ndarray, y: np.ndarray) -> dict | None:
+    """The numbers of the rule for one channel (spatial arrays, same units), or
+    None where there is too little or nothing to fit (the prediction is kept)."""
+    mu = np.asarray(mu, np.float64)
+    y = np.asarray(y, np.float64)
+    if mu.size < MIN_VOXELS or min(mu.shape[-2:]) < 2 or not (np.all(np.isfinite(mu)) and np.all(np.isfinite(y))):
+        return None
+    if np.ptp(y) == 0:
+        return None
+    grad = _gradient(mu)
+    m0 = float(mu.min())
+    (a1, b1), (a2, b2) = _noise_variance(mu, y, grad, m0)
+    # Taking the larger everywhere: both are affine with a common origin, so the
+    # pointwise maximum is max(a) and max(b) only where the lines do not cross;
+    # keep both lines and take the maximum at each pixel.
+    params = {"m0": m0, "lines": [[a1, b1], [a2, b2]]}
+    s2 = _noise(params, mu)
+    edges = _quantile_edges(grad, BANDS)
+    band = np.searchsorted(edges, grad)
+    residual2 = (y - mu) ** 2 - s2
+    e2 = [max(float(residual2[band == j].mean()), 0.0) if np.any(band == j) else 0.0 for j in range(BANDS)]
+    params.update(edges=[float(e) for e in edges], e2=e2)
+    return params
+
+
+def _noise(params: dict, mu: np.ndarray) -> np.ndarray:
+    x = mu - params["m0"]
+    (a1, b1), (a2, b2) = params["lines"]
+    # A floor keeps the weight defined where both lines give 0 (a noiseless image).
+    floor = 1e-12 * max(1.0, float(np.abs(mu).max(initial=0.0))) ** 2
+    return np.maximum(np.maximum(a1 * x + b1, a2 * x + b2), floor)
+
+
+def apply(params: dict | None, mu: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x = mu + e2 / (e2 + s2) * (y - mu) for one channel; `mu` where `params` is None."""
+    if params is None:
+        return mu
+    mu64 = np.asarray(mu, np.float64)
+    e2 = np.asarray(params["e2"], np.float64)[np.searchsorted(np.asarray(params["edges"]), _gradient(mu64))]
+    s2 = _noise(params, mu64)
+    out = mu64 + e2 / (e2 + s2) * (np.asarray(y, np.float64) - mu64)
+    return out.astype(np.asarray(mu).dtype, copy=False)
+
+
+def fit_channels(mu_cf: np.ndarray, y_cf: np.ndarray, skip=()) -> list:
+    """`fit` per channel of (C, *spatial) arrays, on their calibration region; None for channels in `skip`."""
+    region = (Ellipsis,) + calibration_region(mu_cf.shape[1:])
+    return [None if c in skip else fit(mu_cf[c][region], y_cf[c][region]) for c in range(mu_cf.shape[0])]
+
+
+def apply_channels(params: list, mu_cf: np.ndarray, y_cf: np.ndarray) -> np.ndarray:
+    """`apply` per channel, in place in `mu_cf` (returned)."""
+    for c, p in enumerate(params):
+        if p is not None:
+            mu_cf[c] = apply(p, mu_cf[c], y_cf[c])
+    return mu_cf
