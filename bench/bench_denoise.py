@@ -169,7 +169,9 @@ def run_ours(method, clean, noisy, second, seed, budget, device, preset, steps, 
 def summarise(runs):
     p = sorted(r["psnr"] for r in runs)
     med = statistics.median(p)
+    alone = [r["psnr_network_only"] for r in runs if "psnr_network_only" in r]
     return {"psnr_min": p[0], "psnr_median": med, "psnr_max": p[-1],
+            "psnr_network_only_median": statistics.median(alone) if alone else None,
             "ssim_median": statistics.median(r["ssim"] for r in runs),
             "seconds_median": statistics.median(r["train_seconds"] + r["predict_seconds"] for r in runs),
             "steps_median": statistics.median(r["steps"] for r in runs), "seeds": len(runs)}
@@ -232,8 +234,10 @@ def main(argv=None):
                           flush=True)
                 s = summarise(runs)
                 row["ours"][method] = {"runs": runs, **s}
+                alone = s["psnr_network_only_median"]
+                alone = f" (network only: median {alone:.2f})" if alone is not None else ""
                 print(f"  => {method}: PSNR min/median/max {s['psnr_min']:.2f} / {s['psnr_median']:.2f} / "
-                      f"{s['psnr_max']:.2f}, SSIM {s['ssim_median']:.3f}; vs best classical ({best['method']}, "
+                      f"{s['psnr_max']:.2f}{alone}, SSIM {s['ssim_median']:.3f}; vs best classical ({best['method']}, "
                       f"{best['psnr']:.2f}): {s['psnr_median'] - best['psnr']:+.2f} dB, time ratio ours/"
                       f"{best['method']} {s['seconds_median'] / max(best['seconds'], 1e-3):.0f}x", flush=True)
             results.append(row)

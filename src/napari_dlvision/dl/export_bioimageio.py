@@ -106,6 +106,9 @@ def export_bioimageio(model, out, name: str | None = None) -> dict:
             description = (f"{model.title} denoiser trained with napari-dlvision. The output is normalised: "
                            f"0..1 spans the input's {norm.low:g}th to {norm.high:g}th percentile per channel "
                            "(the plugin maps it back to the input's units).")
+            if model.reinclude:
+                description += (" The plugin then puts each pixel's noisy value back where the network is unsure; "
+                                "that step is not part of this package.")
         outputs = [bio.OutputTensorDescr(
             id=out_id,
             axes=[bio.BatchAxis(),
