@@ -2,8 +2,8 @@
 scikit-image (non-local means, total variation, wavelets), BM3D and a Gaussian blur.
 
 Clean images are real ones from ../shared/data (apoc-demo blobs, membrane2d,
-maize; a montage of stardist-3d planes), scaled to 0..1; synthetic cells stand
-in when the data is absent. Noise is added at three levels of each kind:
+maize; on request a montage of stardist-3d planes, which are themselves noisy),
+scaled to 0..1; synthetic cells stand in when the data is absent. Noise is added at three levels of each kind:
 Gaussian with a standard deviation of 0.05, 0.1 and 0.2 of the range, and
 Poisson with 100, 30 and 10 photons for the brightest pixel. Every method
 sees the same noisy image and is scored by PSNR and SSIM against the clean
@@ -44,6 +44,11 @@ sys.path.insert(0, str(REPO / "src"))
 NOISE = {"g0.05": ("gaussian", 0.05), "g0.1": ("gaussian", 0.1), "g0.2": ("gaussian", 0.2),
          "p100": ("poisson", 100.0), "p30": ("poisson", 30.0), "p10": ("poisson", 10.0)}
 IMAGES = ("blobs", "membrane", "maize", "stardist")
+# The stardist planes are not clean: scikit-image's estimate_sigma finds noise of
+# sd 0.050 in them (membrane 0.003, maize 0.004, blobs 0.008), so no method can
+# score above ~26 dB against them and a denoiser is marked down for removing
+# their own noise. Runnable by name, left out by default.
+DEFAULT_IMAGES = ("blobs", "membrane", "maize")
 METHODS = ("n2v", "n2n", "supervised")
 
 
@@ -179,7 +184,9 @@ def summarise(runs):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", default=",".join(IMAGES), help=f"comma-separated: {', '.join(IMAGES)}, synthetic")
+    ap.add_argument("--images", default=",".join(DEFAULT_IMAGES),
+                    help=f"comma-separated: {', '.join(IMAGES)}, synthetic (default: all but stardist, whose "
+                         "reference is itself noisy)")
     ap.add_argument("--noise", default=",".join(NOISE), help=f"comma-separated: {', '.join(NOISE)}")
     ap.add_argument("--methods", default=",".join(METHODS), help="ours, comma-separated: n2v, n2n, supervised")
     ap.add_argument("--seeds", default="0,1,2")
