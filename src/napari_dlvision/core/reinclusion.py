@@ -115,8 +115,13 @@ def fit(mu: np.ndarray, y: np.ndarray) -> dict | None:
     edges = _quantile_edges(grad, BANDS)
     band = np.searchsorted(edges, grad)
     residual2 = (y - mu) ** 2 - s2
-    e2 = [max(float(residual2[band == j].mean()), 0.0) if np.any(band == j) else 0.0 for j in range(BANDS)]
-    params.update(edges=[float(e) for e in edges], e2=e2)
+    used = [j for j in range(BANDS) if np.any(band == j)]
+    # e2 as a continuous function of the gradient (linear between band medians):
+    # a step function would let a rounding difference between a block and the
+    # whole image move a pixel to the next band and change it by a visible jump.
+    centres = [float(np.median(grad[band == j])) for j in used]
+    e2 = [max(float(residual2[band == j].mean()), 0.0) for j in used]
+    params.update(centres=centres, e2=e2)
     return params
 
 
@@ -133,7 +138,7 @@ def apply(params: dict | None, mu: np.ndarray, y: np.ndarray) -> np.ndarray:
     if params is None:
         return mu
     mu64 = np.asarray(mu, np.float64)
-    e2 = np.asarray(params["e2"], np.float64)[np.searchsorted(np.asarray(params["edges"]), _gradient(mu64))]
+    e2 = np.interp(_gradient(mu64), params["centres"], params["e2"])
     s2 = _noise(params, mu64)
     out = mu64 + e2 / (e2 + s2) * (np.asarray(y, np.float64) - mu64)
     return out.astype(np.asarray(mu).dtype, copy=False)
