@@ -83,6 +83,7 @@ def test_stop_keeps_a_model_continue_resumes_save_load_and_apply(qtbot, widget, 
     viewer = widget.viewer
     widget.settings_form.set_value("steps", 5000)
     widget.settings_form.set_value("preview_every", 0)
+    widget.reinclude_check.setChecked(False)  # training (and its previews) follow the box
     widget.train()
     qtbot.waitUntil(lambda: len(widget.plot.loss) >= 3, timeout=TIMEOUT_MS)
     qtbot.mouseClick(widget.stop_btn, Qt.MouseButton.LeftButton)
@@ -90,6 +91,8 @@ def test_stop_keeps_a_model_continue_resumes_save_load_and_apply(qtbot, widget, 
     assert widget.model is not None and widget.last_error is None
     stopped_at = widget.model.training["steps_total"]
     assert 3 <= stopped_at < 5000 and widget.model.training["kept"] == "the averaged weights, as previewed"
+    assert widget.model.reinclude is False
+    widget.reinclude_check.setChecked(True)
     assert widget.status.text().startswith("Training stopped after")
     widget.settings_form.set_value("steps", 5)
     qtbot.mouseClick(widget.continue_btn, Qt.MouseButton.LeftButton)

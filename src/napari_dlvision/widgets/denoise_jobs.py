@@ -55,8 +55,10 @@ class Layout:
         return {"index": index, "values": np.ascontiguousarray(values, np.float32)}
 
 
-def train_job(holder, resume_from, mode, preset, device, noisy, other, layout: Layout, spacing, settings_kw, view):
-    """Build (or reuse) the denoiser and train it; previews come as layer blocks."""
+def train_job(holder, resume_from, mode, preset, device, noisy, other, layout: Layout, spacing, settings_kw, view,
+              reinclude=True):
+    """Build (or reuse) the denoiser and train it; previews come as layer blocks
+    (with the noisy value put back as `reinclude` says, like the result)."""
     from .torch_import import import_torch
 
     import_torch()
@@ -64,6 +66,7 @@ def train_job(holder, resume_from, mode, preset, device, noisy, other, layout: L
     from ..dl.denoise_train import DenoiseSettings, train_denoiser
 
     d = resume_from or Denoiser(mode, preset, device=device)
+    d.reinclude = mode == "n2v" and reinclude
     holder["denoiser"] = d
     pairs = [other] if mode == "n2n" and other is not None else None
     targets = [other] if mode == "supervised" else None

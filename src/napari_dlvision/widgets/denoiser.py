@@ -176,7 +176,8 @@ class DenoiserWidget(ModelWidget):
         self._update_view(view, noisy, layout)
         holder = {}
         gen = train_job(holder, self.model if resume else None, mode, self.settings_form.values()["preset"],
-                        settings["device"], data, other, layout, spacing, settings, view)
+                        settings["device"], data, other, layout, spacing, settings, view,
+                        self.reinclude_check.isChecked())
         return self.start(gen, self._on_train_event, self._on_train_end, holder=holder, image=noisy,
                           layout=layout, view=view, resume=resume, offset=self.plot.last_step if resume else 0)
 
