@@ -147,7 +147,7 @@ def run_classical(clean, noisy):
 
 
 # -- ours ---------------------------------------------------------------------
-def run_ours(method, clean, noisy, second, seed, budget, device, preset, steps, tta=False):
+def run_ours(method, clean, noisy, second, seed, budget, device, preset, steps, tta=False, save_to=None):
     from napari_dlvision.dl.denoise import Denoiser
     from napari_dlvision.dl.denoise_train import DenoiseSettings, train_denoiser
 
@@ -167,7 +167,10 @@ def run_ours(method, clean, noisy, second, seed, budget, device, preset, steps, 
            "predict_seconds": t_pred, "steps": d.training["steps"]}
     if d.reinclude:  # the same network without the noisy value put back, for the record
         d.reinclude = False
-        run["psnr_network_only"] = scores(clean, d.denoise(noisy, tta=tta))[0]
+        alone = d.denoise(noisy, tta=tta)
+        run["psnr_network_only"] = scores(clean, alone)[0]
+        if save_to is not None:  # to try post-processing offline on the same networks
+            np.savez_compressed(save_to, mu=alone, noisy=noisy, clean=clean)
     return run
 
 
@@ -198,6 +201,9 @@ def main(argv=None):
     ap.add_argument("--tta", action="store_true", help="ours: average 8 flips/rotations at prediction")
     ap.add_argument("--quick", action="store_true", help="synthetic image, g0.1, Noise2Void, 1 seed, 30 s")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--save-outputs", type=Path, metavar="DIR",
+                    help="Noise2Void: save each network's output (without the noisy values put back), the noisy "
+                         "and the clean image per run, as DIR/<image>_<noise>_s<seed>.npz")
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.noise, args.methods, args.seeds, args.budget = "synthetic", "g0.1", "n2v", "0", 30.0
@@ -232,8 +238,12 @@ def main(argv=None):
             for method in methods:
                 runs = []
                 for seed in seeds:
+                    save_to = None
+                    if args.save_outputs is not None:
+                        args.save_outputs.mkdir(parents=True, exist_ok=True)
+                        save_to = args.save_outputs / f"{image}_{noise}_s{seed}.npz"
                     r = run_ours(method, clean, noisy, second, seed, args.budget, args.device, args.preset, args.steps,
-                                 args.tta)
+                                 args.tta, save_to)
                     runs.append(r)
                     plain = f" (network only {r['psnr_network_only']:.2f})" if "psnr_network_only" in r else ""
                     print(f"    ours {method:10s} seed {seed}: PSNR {r['psnr']:6.2f}{plain}  SSIM {r['ssim']:.3f}  "

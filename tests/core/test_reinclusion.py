@@ -68,11 +68,13 @@ def test_units_do_not_matter_and_blocks_match_the_whole(clean):
     raw, mu_raw = noisy * 4000 + 100, mu * 4000 + 100
     x_raw = reinclusion.apply(reinclusion.fit(mu_raw, raw), mu_raw, raw)
     np.testing.assert_allclose((x_raw - 100) / 4000, x, atol=1e-4)
-    # The rule is per pixel once fitted: a block grown by a margin gives the whole's values.
+    # Once fitted, a pixel's result looks REACH pixels away at most: a block
+    # grown by that margin gives the whole's values.
     p = reinclusion.fit(mu, noisy)
-    grown = (slice(60, 140), slice(30, 200))
+    m = reinclusion.REACH
+    grown = (slice(60 - m, 140 + m), slice(30 - m, 200 + m))
     block = reinclusion.apply(p, mu[grown], noisy[grown])
-    np.testing.assert_allclose(block[8:-8, 8:-8], x[68:132, 38:192], atol=1e-6)
+    np.testing.assert_allclose(block[m:-m, m:-m], x[60:140, 30:200], atol=1e-6)
 
 
 def test_too_little_or_nothing_to_fit_keeps_the_prediction():

@@ -144,7 +144,10 @@ def test_unet_and_denoiser_widgets_predict_a_dask_layer_as_in_memory(make_napari
         wait_idle(qtbot, w)
         got = np.asarray(viewer.layers[output].data)
         if widget is DenoiserWidget:
-            np.testing.assert_allclose(got, den.denoise(s.image), atol=1e-4)
+            # The noisy values are put back with numbers fitted on each path's
+            # own network output; those differ in float rounding (tiles against
+            # blocks), so the results agree to float precision, not bit for bit.
+            np.testing.assert_allclose(got, den.denoise(s.image), rtol=1e-4, atol=1e-4)
         else:
             np.testing.assert_array_equal(got, seg.predict(s.image))
         assert "block by block" in w.panel.status.text() and w.lazy.save_btn.isEnabled()

@@ -35,9 +35,13 @@ from __future__ import annotations
 
 import numpy as np
 
-BANDS = 16  # quantile bands, of the gradient magnitude (e2) and of the signal (s2)
+BANDS = 16  # quantile bands of the signal (s2)
+E_BANDS = 32  # quantile bands of the gradient magnitude (e2), fewer on small images
+PATCH = 4  # side of the patches whose transform coefficients are weighed
+STRIP_PATCHES = 1 << 16  # patches transformed at once (memory: 16 doubles each, a few arrays)
+REACH = PATCH - 1 + 4  # how far a pixel's result looks: the patches, and the gradient's filter
 MIN_VOXELS = 4096  # below this the variances are too noisy to trust: `mu` is kept
-CALIBRATION_VOXELS = 1 << 20  # the central region the numbers are fitted on
+CALIBRATION_VOXELS = 1 << 18  # the central region the numbers are fitted on (512 x 512 in 2D)
 _MAD_TO_SD = 1 / 0.6745  # a normal distribution's standard deviation over its median absolute deviation
 
 
@@ -100,7 +104,7 @@ def fit(mu: np.ndarray, y: np.ndarray) -> dict | None:
     None where there is too little or nothing to fit (the prediction is kept)."""
     mu = np.asarray(mu, np.float64)
     y = np.asarray(y, np.float64)
-    if mu.size < MIN_VOXELS or min(mu.shape[-2:]) < 2 or not (np.all(np.isfinite(mu)) and np.all(np.isfinite(y))):
+    if mu.size < MIN_VOXELS or min(mu.shape[-2:]) < PATCH or not (np.all(np.isfinite(mu)) and np.all(np.isfinite(y))):
         return None
     if np.ptp(y) == 0:
         return None
@@ -112,15 +116,20 @@ def fit(mu: np.ndarray, y: np.ndarray) -> dict | None:
     # keep both lines and take the maximum at each pixel.
     params = {"m0": m0, "lines": [[a1, b1], [a2, b2]]}
     s2 = _noise(params, mu)
-    edges = _quantile_edges(grad, BANDS)
-    band = np.searchsorted(edges, grad)
-    residual2 = (y - mu) ** 2 - s2
-    used = [j for j in range(BANDS) if np.any(band == j)]
-    # e2 as a continuous function of the gradient (linear between band medians):
+    g, s, r2 = [], [], []
+    for gp, sp, rc in _patches(y - mu, grad, s2):
+        g.append(gp)
+        s.append(sp)
+        r2.append(rc**2)
+    g, s, r2 = np.concatenate(g), np.concatenate(s), np.concatenate(r2)
+    bands = int(np.clip(g.size // 512, 1, E_BANDS))
+    band = np.searchsorted(_quantile_edges(g, bands), g)
+    used = [j for j in range(bands) if np.any(band == j)]
+    # E2 as a continuous function of the gradient (linear between band medians):
     # a step function would let a rounding difference between a block and the
-    # whole image move a pixel to the next band and change it by a visible jump.
-    centres = [float(np.median(grad[band == j])) for j in used]
-    e2 = [max(float(residual2[band == j].mean()), 0.0) for j in used]
+    # whole image move a patch to the next band and change it by a visible jump.
+    centres = [float(np.median(g[band == j])) for j in used]
+    e2 = [np.maximum((r2[band == j] - s[band == j, None]).mean(0), 0.0).tolist() for j in used]
     params.update(centres=centres, e2=e2)
     return params
 
@@ -133,15 +142,81 @@ def _noise(params: dict, mu: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(a1 * x + b1, a2 * x + b2), floor)
 
 
+# The orthonormal 4-point DCT-II as a matrix: D @ v is the transform of v.
+_DCT = None
+
+
+def _dct_matrix() -> np.ndarray:
+    global _DCT
+    if _DCT is None:
+        from scipy.fft import dct
+
+        _DCT = dct(np.eye(PATCH), norm="ortho", axis=0)
+    return _DCT
+
+
+def _patches(r: np.ndarray, grad: np.ndarray, s2: np.ndarray, rows_out=None):
+    """Every PATCH x PATCH patch of the last two axes (all positions, stride 1),
+    in strips of rows to bound memory; yields per patch its mean gradient (n,),
+    mean noise variance (n,) and the transform of the residual `r` (n, PATCH**2).
+    `rows_out`: a list receiving (plane index, first row, strip shape) per strip."""
+    from numpy.lib.stride_tricks import sliding_window_view as windows
+
+    d = _dct_matrix()
+    shape = r.shape[-2:]
+    r, grad, s2 = (a.reshape((-1,) + shape) for a in (r, grad, s2))
+    width = shape[1] - PATCH + 1
+    rows = shape[0] - PATCH + 1
+    step = max(1, STRIP_PATCHES // max(1, width))
+    for k in range(r.shape[0]):
+        for top in range(0, rows, step):
+            sl = slice(top, min(rows, top + step) + PATCH - 1)
+            win = (PATCH, PATCH)
+            rc = d @ windows(r[k, sl], win) @ d.T
+            if rows_out is not None:
+                rows_out.append((k, top, rc.shape[:2]))
+            yield (windows(grad[k, sl], win).mean((-2, -1)).ravel(), windows(s2[k, sl], win).mean((-2, -1)).ravel(),
+                   rc.reshape(-1, PATCH * PATCH))
+
+
 def apply(params: dict | None, mu: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """x = mu + e2 / (e2 + s2) * (y - mu) for one channel; `mu` where `params` is None."""
-    if params is None:
+    """The rule for one channel: in every patch, each transform coefficient of
+    `y - mu` kept in the proportion e2 / (e2 + s2), patches averaged with the
+    weights of their estimates' precision; `mu` where `params` is None."""
+    if params is None or min(np.shape(mu)[-2:]) < PATCH:
         return mu
     mu64 = np.asarray(mu, np.float64)
-    e2 = np.interp(_gradient(mu64), params["centres"], params["e2"])
+    shape = mu64.shape[-2:]
+    r = np.asarray(y, np.float64) - mu64
     s2 = _noise(params, mu64)
-    out = mu64 + e2 / (e2 + s2) * (np.asarray(y, np.float64) - mu64)
+    centres, e2 = np.asarray(params["centres"]), np.asarray(params["e2"])
+    d = _dct_matrix()
+    add = np.zeros((r.size // (shape[0] * shape[1]),) + shape)
+    weight = np.zeros_like(add)
+    where = []
+    for g, s, rc in _patches(r, _gradient(mu64), s2, where):
+        k, top, (h, w) = where[-1]
+        e = _interp_rows(g, centres, e2)
+        keep = e / (e + s[:, None])
+        # Each patch weighted by the precision of its estimate (as BM3D aggregates).
+        prec = 1.0 / np.maximum((keep * s[:, None]).sum(1), 1e-9 * s)
+        x = (d.T @ (keep * rc).reshape(h, w, PATCH, PATCH) @ d) * prec.reshape(h, w, 1, 1)
+        prec = prec.reshape(h, w)
+        for i in range(PATCH):
+            for j in range(PATCH):
+                add[k, top + i:top + i + h, j:j + w] += x[:, :, i, j]
+                weight[k, top + i:top + i + h, j:j + w] += prec
+    out = mu64 + (add / weight).reshape(mu64.shape)
     return out.astype(np.asarray(mu).dtype, copy=False)
+
+
+def _interp_rows(x: np.ndarray, xp: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """`np.interp` of every column of `table` (len(xp), m) at `x` (clamped at the ends)."""
+    if len(xp) == 1:
+        return np.broadcast_to(table[0], (x.size, table.shape[1]))
+    i = np.clip(np.searchsorted(xp, x) - 1, 0, len(xp) - 2)
+    t = np.clip((x - xp[i]) / np.maximum(xp[i + 1] - xp[i], 1e-300), 0.0, 1.0)[:, None]
+    return (1 - t) * table[i] + t * table[i + 1]
 
 
 def fit_channels(mu_cf: np.ndarray, y_cf: np.ndarray, skip=()) -> list:

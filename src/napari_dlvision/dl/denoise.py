@@ -261,8 +261,9 @@ class Denoiser:
             mu = self._denoise_grown(block, params, constant)
             inner = (slice(None),) + inner
             putback = reinclusion.fit_channels(mu[inner], as_channels_first(block, 0)[inner], skip=constant)
-        return BlockPlan((self.halo,) * self.ndim, self.n_channels, self.net.multiple, (params, constant, putback),
-                         side)
+        # Putting the values back looks a few pixels further than the network.
+        halo = self.halo + (reinclusion.REACH if putback is not None else 0)
+        return BlockPlan((halo,) * self.ndim, self.n_channels, self.net.multiple, (params, constant, putback), side)
 
     def _denoise_grown(self, block, params, constant):
         """A grown (C, *spatial) block denoised in the input's units, test-time
