@@ -12,11 +12,19 @@ is the posterior mean for Gaussian errors (the idea of Laine et al. 2019 and
 of probabilistic Noise2Void, in its simplest form), with
 - s2 the noise variance of `y`, a function of the signal (Poisson-Gaussian
   noise: s2 = a * (mu - m0) + b, a and b >= 0);
-- e2 the network's own error variance, per band of the prediction's gradient
-  magnitude: E[(y - mu)^2] - s2 there, unbiased because `mu` does not depend
-  on `y` at that pixel.
-No clean image is needed. Measured on membrane2d (README, 3 seeds), it adds
-0.2-0.4 dB (median) at low and medium noise and nothing at high noise.
+- e2 the network's own error variance: E[(y - mu)^2] - s2, unbiased because
+  `mu` does not depend on `y` at that pixel.
+
+The rule is applied not per pixel but per frequency, as BM3D's second stage
+does with its pilot estimate: in every 4 x 4 patch (all positions), each
+coefficient of the residual `y - mu` in the orthonormal DCT is kept in the
+proportion e2 / (e2 + s2), with e2 fitted per coefficient and per band of the
+prediction's gradient magnitude, and the overlapping patches are averaged
+with the precision of their estimates as weights. The network errs mostly at
+high frequencies near edges, and there the residual's coefficient is kept;
+at low frequencies `mu` is kept. On stored Noise2Void outputs of membrane2d
+(8 networks, 6 noise levels) this gives 0.07-0.38 dB more than the same rule
+per pixel, which itself added 0.2-0.4 dB at low and medium noise.
 
 The fit is sensitive to s2: an underestimate of 10% undoes the gain, while an
 overestimate only shrinks `x` towards `mu`. So s2 is the larger of two
@@ -26,9 +34,10 @@ squared residuals on the flattest pixels (fooled by the network's error where
 the noise is low).
 
 Everything is fitted once on a calibration region (`calibration_region`) and
-then applied by a per-pixel rule, so blocks of a larger-than-memory image get
-the same numbers as the image in memory. Units do not matter: the rule is
-unchanged by an affine change of intensities.
+then applied by a local rule that looks REACH pixels away, so blocks of a
+larger-than-memory image grown by that margin get the same numbers as the
+image in memory. Units do not matter: the rule is unchanged by an affine
+change of intensities.
 """
 
 from __future__ import annotations

@@ -98,6 +98,9 @@ class LazyPredictions:
     def _job(model, data, rgb, spacing, what, focus, path):
         from ..core.lazy import iter_blocks_into, lazy_outputs
 
+        # Planning may run the model once over a central region (the denoiser
+        # fits its put-back numbers there): say so, since no block shows yet.
+        yield Progress("predicting", 0, 0, "Preparing the blocks…")
         out = lazy_outputs(model, as_dask(data, rgb), spacing, (what,))[what]
         mm = np.lib.format.open_memmap(path, mode="w+", dtype=out.dtype, shape=out.shape)
         yield Progress("predicting", 0, 0, payload={"array": mm})
