@@ -80,8 +80,9 @@ class DenoiserWidget(ModelWidget):
         form.addRow("", self.tta_check)
         self.reinclude_check = QCheckBox("Put each pixel's own value back where unsure")
         self.reinclude_check.setToolTip(
-            "Noise2Void never sees the pixel it predicts; weighing its prediction against the pixel's own value "
-            "by their estimated errors keeps fine detail (+0.2-0.4 dB at low and medium noise)")
+            "Noise2Void never sees the pixel it predicts; weighing its prediction against the pixels' own values "
+            "by their estimated errors, frequency by frequency, keeps fine detail (+0.3-0.8 dB at low and medium "
+            "noise)")
         self.reinclude_check.setChecked(True)
         form.addRow("", self.reinclude_check)
         lay.addLayout(form)
