@@ -95,3 +95,14 @@ def test_the_calibration_region_is_central_and_bounded():
     assert np.prod(sides) <= reinclusion.CALIBRATION_VOXELS
     assert all(abs((s.start + s.stop) / 2 - n / 2) <= 1 for s, n in zip(region, (8192, 4096)))
     assert reinclusion.calibration_region((100, 200)) == (slice(0, 100), slice(0, 200))
+
+
+def test_a_large_image_goes_in_bands_of_rows_with_the_same_result(clean, monkeypatch):
+    noisy = add_noise(clean, np.random.default_rng(6), gaussian=0.05)
+    mu = blind_spot_estimate(noisy)
+    p = reinclusion.fit(mu, noisy)
+    whole = reinclusion.apply(p, mu, noisy)
+    monkeypatch.setattr(reinclusion, "APPLY_VOXELS", 40 * 256)  # bands of 40 rows (the floor is 4 * REACH)
+    banded = reinclusion.apply(p, mu, noisy)
+    np.testing.assert_allclose(banded, whole, atol=1e-6)
+    assert psnr(clean, banded) > psnr(clean, mu)

@@ -50,6 +50,7 @@ E_BANDS = 32  # quantile bands of the gradient magnitude (e2), fewer on small im
 PATCH = 4  # side of the patches whose transform coefficients are weighed
 STRIP_PATCHES = 1 << 16  # patches transformed at once (memory: 16 doubles each, a few arrays)
 REACH = PATCH - 1 + 4  # how far a pixel's result looks: the patches, and the gradient's filter
+APPLY_VOXELS = 1 << 21  # voxels per band of rows when applying (bounds the working memory)
 MIN_VOXELS = 4096  # below this the variances are too noisy to trust: `mu` is kept
 CALIBRATION_VOXELS = 1 << 18  # the central region the numbers are fitted on (512 x 512 in 2D)
 _MAD_TO_SD = 1 / 0.6745  # a normal distribution's standard deviation over its median absolute deviation
@@ -192,9 +193,25 @@ def _patches(r: np.ndarray, grad: np.ndarray, s2: np.ndarray, rows_out=None):
 def apply(params: dict | None, mu: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The rule for one channel: in every patch, each transform coefficient of
     `y - mu` kept in the proportion e2 / (e2 + s2), patches averaged with the
-    weights of their estimates' precision; `mu` where `params` is None."""
+    weights of their estimates' precision; `mu` where `params` is None.
+    Large images go in bands of rows grown by REACH (the same values, a
+    bounded working memory of about 50 bytes a voxel of a band)."""
     if params is None or min(np.shape(mu)[-2:]) < PATCH:
         return mu
+    rows = mu.shape[-2]
+    step = max(4 * REACH, APPLY_VOXELS // max(1, mu.size // rows))
+    if rows <= step + 2 * REACH:
+        return _apply(params, mu, y)
+    out = np.empty_like(mu)
+    for top in range(0, rows, step):
+        a, b = max(0, top - REACH), min(rows, top + step + REACH)
+        band = (Ellipsis, slice(a, b), slice(None))
+        part = _apply(params, mu[band], y[band])
+        out[(Ellipsis, slice(top, min(rows, top + step)), slice(None))] = part[..., top - a:top - a + min(step, rows - top), :]
+    return out
+
+
+def _apply(params: dict, mu: np.ndarray, y: np.ndarray) -> np.ndarray:
     mu64 = np.asarray(mu, np.float64)
     shape = mu64.shape[-2:]
     r = np.asarray(y, np.float64) - mu64
