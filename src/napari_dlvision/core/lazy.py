@@ -342,7 +342,8 @@ def iter_blocks_into(arr, out, focus=None):
     from .events import Progress
 
     regions = block_regions(arr, focus)
-    yield Progress("predicting", 0, len(regions), f"predicting {len(regions)} block{'s' if len(regions) != 1 else ''}, those in view first…")
+    blocks = f"{len(regions)} block" + ("s" if len(regions) != 1 else "")
+    yield Progress("predicting", 0, len(regions), f"predicting {blocks}, those in view first…")
     for n, region in enumerate(regions, 1):
         out[region] = arr[region].compute(scheduler="threads")
         yield Progress("predicting", n, len(regions), payload={"region": region})

@@ -207,7 +207,8 @@ def apply(params: dict | None, mu: np.ndarray, y: np.ndarray) -> np.ndarray:
         a, b = max(0, top - REACH), min(rows, top + step + REACH)
         band = (Ellipsis, slice(a, b), slice(None))
         part = _apply(params, mu[band], y[band])
-        out[(Ellipsis, slice(top, min(rows, top + step)), slice(None))] = part[..., top - a:top - a + min(step, rows - top), :]
+        n = min(step, rows - top)
+        out[..., top:top + n, :] = part[..., top - a:top - a + n, :]
     return out
 
 
