@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_dlvision.core.errors import UserInputError
-from napari_dlvision.dl.blind_spot import blind_spot, grid_points
+from napari_dlvision.dl.blind_spot import blind_spot, blind_spot_batch, grid_points
 
 CASES = [  # (patch shape (C, *spatial), channels, replacement, fraction)
     ((1, 32, 32), "independent", "random", 0.25),
@@ -72,6 +72,38 @@ def test_replacements_come_from_the_neighbourhood():
         sy, sx = divmod(v, 40)
         assert max(abs(sy - y), abs(sx - xx)) <= 2 and (sy, sx) != (y, xx)
         assert mask[0, sy, sx] == 0
+
+
+@pytest.mark.parametrize("channels,replacement", [("independent", "random"), ("joint", "random"),
+                                                  ("joint", "median")])
+def test_a_batch_is_masked_patch_by_patch(channels, replacement):
+    """The batched pass keeps the guarantee in every patch, and each patch has its own hidden pixels."""
+    patches = np.random.default_rng(4).normal(size=(6, 2, 24, 24)).astype(np.float32)
+    kw = dict(fraction=0.2, radius=2, replacement=replacement, channels=channels)
+    x, mask = blind_spot_batch(patches, rng=np.random.default_rng(5), **kw)
+    perturbed = patches.copy()
+    perturbed[mask > 0] += 1000.0
+    x2, mask2 = blind_spot_batch(perturbed, rng=np.random.default_rng(5), **kw)
+    np.testing.assert_array_equal(mask2, mask)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(x[mask == 0], patches[mask == 0])
+    assert (x[mask > 0] != patches[mask > 0]).all()
+    assert len({mask[i].tobytes() for i in range(6)}) == 6
+
+
+def test_random_replacements_are_uniform_over_the_usable_neighbours():
+    """Redrawing hidden neighbours leaves every offset of the window equally likely."""
+    side = 200
+    patch = np.arange(side * side, dtype=np.float32).reshape(1, 1, side, side)  # values tell positions
+    x, mask = blind_spot_batch(np.repeat(patch, 8, axis=0), 0.1, np.random.default_rng(0), radius=2)
+    counts = {}
+    for b, _, y, xx in np.argwhere(mask > 0):
+        if 2 <= y < side - 2 and 2 <= xx < side - 2:  # away from reflections at the border
+            sy, sx = divmod(int(x[b, 0, y, xx]), side)
+            counts[(sy - y, sx - xx)] = counts.get((sy - y, sx - xx), 0) + 1
+    assert len(counts) == 24 and (0, 0) not in counts
+    freq = np.array(list(counts.values()), float)
+    assert freq.min() > 0.8 * freq.mean() and freq.max() < 1.2 * freq.mean(), counts
 
 
 def test_channels_joint_hide_the_same_pixels_independent_do_not():

@@ -59,7 +59,7 @@ def test_save_load_round_trip_and_continue(toy, tmp_path):
     clf = ImageClassifier("cnn")
     run(clf, data, epochs=2, batch_size=60)
     path = clf.save(tmp_path / "m.dlv")
-    back = ImageClassifier.load(path, device="cpu")
+    back = ImageClassifier.load(path, device=clf.device)  # the same device: a GPU's TF32 differs from a CPU
     assert back.class_names == data.class_names and back.size == (16, 16) and back.n_channels == 3
     np.testing.assert_allclose(back.predict_proba(tx, amp=False), clf.predict_proba(tx, amp=False), atol=1e-5)
     run(back, data, epochs=1, batch_size=60)  # continue training

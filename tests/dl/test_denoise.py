@@ -92,7 +92,7 @@ def test_model_file_round_trip_and_registry(n2v_run, tmp_path):
     d, _, raw = n2v_run
     path = d.save(tmp_path / "d.dlv")
     assert kinds.kind_of(path).task == kinds.IMAGE_TO_IMAGE
-    back = kinds.load_model(path, device="cpu")
+    back = kinds.load_model(path, device=d.device)  # the same device: a GPU's TF32 differs from a CPU by ~1e-3
     assert isinstance(back, Denoiser) and back.mode == "n2v" and back.ndim == 2 and back.n_channels == 1
     np.testing.assert_allclose(back.denoise(raw), d.denoise(raw), atol=1e-3)
     assert back.predict_outputs(raw)["denoised"].shape == raw.shape
@@ -112,7 +112,7 @@ def test_noise2void_puts_the_noisy_value_back_and_its_file_says_so(n2v_run, cell
     assert np.abs(put_back - plain).max() > 1.0  # camera units: it changed the result...
     # ...and not for the worse, even at this high noise (where it adds little).
     assert psnr(clean, (put_back - 300) / 1000) > psnr(clean, (plain - 300) / 1000) - 0.1
-    back = Denoiser.load(d.save(tmp_path / "on.dlv"), device="cpu")
+    back = Denoiser.load(d.save(tmp_path / "on.dlv"), device=d.device)
     assert back.reinclude
     np.testing.assert_allclose(back.denoise(raw, tta=False), put_back, atol=1e-3)
 

@@ -201,7 +201,8 @@ def test_automatic_batch_size_on_cpu():
     assert auto_batch_size(torch.device("cpu"), (64, 64), 16) == 8
     s = nuclei((64, 64), seed=3)
     seg = UNetSegmenter()
-    first = past_teacher(iter(train_unet(seg, s.image, s.scribbles, TrainSettings(steps=1, patch_size=32, batch_size=0))))
+    settings = TrainSettings(steps=1, patch_size=32, batch_size=0, device="cpu")
+    first = past_teacher(iter(train_unet(seg, s.image, s.scribbles, settings)))
     assert "batch 8" in first.message
 
 
@@ -217,7 +218,7 @@ def test_class_ids_with_gaps_come_back_as_painted(train2d):
 def test_batch_that_cannot_fit_in_ram_is_refused(train2d):
     with pytest.raises(UserInputError, match="GiB"):
         next(train_unet(UNetSegmenter(), train2d.image, train2d.scribbles,
-                        TrainSettings(batch_size=4096, patch_size=128)))
+                        TrainSettings(batch_size=4096, patch_size=128, device="cpu")))  # a GPU retries smaller
 
 
 def test_an_instance_mask_as_strokes_is_refused(train2d):

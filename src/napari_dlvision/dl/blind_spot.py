@@ -15,9 +15,15 @@ Channels are masked jointly (the same pixels in every channel, replaced from
 the same neighbour) or independently (each channel its own pixels: the other
 channels' values at a masked pixel stay visible, which helps when channels
 share structure but not noise).
+
+A whole batch is masked in one vectorised pass (`blind_spot_batch`): done
+patch by patch in Python it took about 1 ms a patch, which capped training
+on a GPU at about 10 steps a second (batch 64, H200).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -41,13 +47,20 @@ def check_settings(fraction: float, radius: int, replacement: str, channels: str
 def grid_points(shape, fraction: float, rng) -> np.ndarray:
     """(n, ndim) pixel coordinates: one random pixel per cell of a grid whose
     cells hold about 1/fraction pixels (cells cut by the border included)."""
+    points, inside = _jittered_grid(shape, fraction, rng, ())
+    return points[inside]
+
+
+def _jittered_grid(shape, fraction: float, rng, lead: tuple):
+    """(points (*lead, n, ndim), inside (*lead, n)): one random pixel per grid
+    cell for each of the `lead` patches; points of cells cut by the border may
+    fall outside (inside is False there)."""
     ndim = len(shape)
     cell = max(1, int(round((1.0 / fraction) ** (1.0 / ndim))))
     counts = [-(-n // cell) for n in shape]
     origins = np.stack(np.meshgrid(*[np.arange(c) * cell for c in counts], indexing="ij"), -1).reshape(-1, ndim)
-    points = origins + rng.integers(0, cell, origins.shape)
-    inside = np.all(points < np.asarray(shape), axis=1)
-    return points[inside]
+    points = origins + rng.integers(0, cell, tuple(lead) + origins.shape)
+    return points, np.all(points < np.asarray(shape), axis=-1)
 
 
 def _offsets(ndim: int, radius: int) -> np.ndarray:
@@ -57,36 +70,11 @@ def _offsets(ndim: int, radius: int) -> np.ndarray:
     return grid[np.any(grid != 0, axis=1)]
 
 
-def _replace(channel: np.ndarray, points: np.ndarray, masked: np.ndarray, radius: int, replacement: str,
-             rng) -> np.ndarray:
-    """Replacement values for `points` of one channel, from unmasked neighbours only."""
-    shape = np.asarray(channel.shape)
-    offsets = _offsets(len(shape), radius)
-    # Every neighbour of every point: (n, k, ndim), reflected back into the patch.
-    nb = points[:, None, :] + offsets[None]
+def _reflect(nb: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """Coordinates reflected back into the patch (edge pixel not repeated)."""
     nb = np.abs(nb)
     nb = np.where(nb >= shape, 2 * (shape - 1) - nb, nb)
-    nb = np.clip(nb, 0, shape - 1)
-    idx = tuple(nb[..., a] for a in range(len(shape)))
-    values = channel[idx].astype(np.float32)  # (n, k)
-    usable = ~masked[idx]
-    # Reflection can land back on the point itself in a 1-pixel-wide axis.
-    usable &= np.any(nb != points[:, None, :], axis=2)
-    out = np.empty(len(points), np.float32)
-    none = ~usable.any(axis=1)
-    if none.any():  # no unmasked neighbour in reach (only in tiny or saturated patches)
-        out[none] = float(np.mean(channel[~masked])) if (~masked).any() else 0.0
-    rows = np.flatnonzero(~none)
-    if not len(rows):
-        return out
-    if replacement == "median":
-        v = np.where(usable[rows], values[rows], np.nan)
-        out[rows] = np.nanmedian(v, axis=1)
-        return out
-    # A uniformly random usable neighbour: random keys, unusable ones never win.
-    keys = np.where(usable[rows], rng.random(usable[rows].shape), -1.0)
-    out[rows] = values[rows, np.argmax(keys, axis=1)]
-    return out
+    return np.clip(nb, 0, shape - 1)
 
 
 def blind_spot(patch: np.ndarray, fraction: float, rng, radius: int = 2, replacement: str = "random",
@@ -98,25 +86,78 @@ def blind_spot(patch: np.ndarray, fraction: float, rng, radius: int = 2, replace
     value of an unmasked neighbour within `radius` (random, or the median
     of the unmasked neighbours).
     """
-    patch = np.asarray(patch, np.float32)
-    c, spatial = patch.shape[0], patch.shape[1:]
-    out = patch.copy()
-    mask = np.zeros(patch.shape, np.float32)
-    if channels == "joint" or c == 1:
-        points = grid_points(spatial, fraction, rng)
-        masked = np.zeros(spatial, bool)
-        masked[tuple(points.T)] = True
-        # One neighbour for all channels: draw its choice once, apply per channel.
-        state = rng.bit_generator.state
-        for k in range(c):
-            rng.bit_generator.state = state
-            out[k][tuple(points.T)] = _replace(patch[k], points, masked, radius, replacement, rng)
-            mask[k][tuple(points.T)] = 1.0
-        return out, mask
-    for k in range(c):
-        points = grid_points(spatial, fraction, rng)
-        masked = np.zeros(spatial, bool)
-        masked[tuple(points.T)] = True
-        out[k][tuple(points.T)] = _replace(patch[k], points, masked, radius, replacement, rng)
-        mask[k][tuple(points.T)] = 1.0
+    x, mask = blind_spot_batch(np.asarray(patch, np.float32)[None], fraction, rng, radius, replacement, channels)
+    return x[0], mask[0]
+
+
+def blind_spot_batch(patches: np.ndarray, fraction: float, rng, radius: int = 2, replacement: str = "random",
+                     channels: str = "independent"):
+    """`blind_spot` for a batch (B, C, *spatial) at once; every patch gets its own pixels."""
+    x = np.asarray(patches, np.float32)
+    b, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
+    shape = np.asarray(spatial)
+    joint = channels == "joint" or c == 1
+    groups = 1 if joint else c  # one set of hidden pixels per group: the patch, or each channel
+    points, inside = _jittered_grid(spatial, fraction, rng, (b, groups))
+    bi, gi, _ = np.nonzero(inside)  # one row per hidden pixel: its patch, its group...
+    pts = points[inside]  # ...and its coordinates (m, ndim)
+    masked = np.zeros((b, groups) + tuple(spatial), bool)
+    masked[(bi, gi) + tuple(pts.T)] = True
+
+    def at(coords, rows=slice(None)):
+        """Index of coordinates (rows of pts) in x: joint takes every channel."""
+        lead = (bi[rows], slice(None)) if joint else (bi[rows], gi[rows])
+        return lead + tuple(np.moveaxis(coords, -1, 0))
+
+    def usable(nb, rows=slice(None)):
+        """Neighbours that are not hidden themselves and not the pixel itself (a reflection in a
+        1-pixel-wide axis can land there)."""
+        lead, own = (bi[rows], gi[rows]), pts[rows]
+        if nb.ndim == 3:  # (n, k, ndim): every neighbour of each pixel
+            lead, own = (lead[0][:, None], lead[1][:, None]), own[:, None]
+        return ~masked[lead + tuple(np.moveaxis(nb, -1, 0))] & np.any(nb != own, axis=-1)
+
+    offsets = _offsets(len(spatial), radius)
+    values = np.empty((len(pts), c) if joint else len(pts), np.float32)
+    todo = np.arange(len(pts))
+    if replacement == "random":
+        # A uniformly random usable neighbour: draw offsets and redraw the unusable
+        # (hidden neighbours are about `fraction` of them), so each pixel costs O(1).
+        for _ in range(8):
+            if not len(todo):
+                break
+            nb = _reflect(pts[todo] + offsets[rng.integers(len(offsets), size=len(todo))], shape)
+            ok = usable(nb, todo)
+            values[todo[ok]] = x[at(nb[ok], todo[ok])]
+            todo = todo[~ok]
+    if len(todo):  # the median, and the rare pixels still without a neighbour: all neighbours at once
+        nb = _reflect(pts[todo][:, None, :] + offsets[None], shape)  # (n, k, ndim)
+        ok = usable(nb, todo)
+        lead = (bi[todo][:, None], slice(None)) if joint else (bi[todo][:, None], gi[todo][:, None])
+        v = x[lead + tuple(np.moveaxis(nb, -1, 0))]  # (n, k, C) joint, (n, k) independent
+        if replacement == "median":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: filled below
+                found = np.nanmedian(np.where(ok[..., None] if joint else ok, v, np.nan), axis=1)
+        else:
+            keys = np.where(ok, rng.random(ok.shape), -1.0)
+            found = np.take_along_axis(v, np.argmax(keys, axis=1)[:, None, None] if joint
+                                       else np.argmax(keys, axis=1)[:, None], axis=1)[:, 0]
+        none = ~ok.any(axis=1)
+        if none.any():  # no unmasked neighbour in reach (only in tiny or saturated patches)
+            found[none] = _unmasked_means(x, masked, joint)[(bi[todo][none],) + (() if joint else (gi[todo][none],))]
+        values[todo] = found
+    out, mask = x.copy(), np.zeros(x.shape, np.float32)
+    out[at(pts)] = values
+    mask[at(pts)] = 1.0
     return out, mask
+
+
+def _unmasked_means(x, masked, joint):
+    """Mean of the visible pixels per patch and channel: (B, C) joint, (B, groups) otherwise."""
+    hidden = masked[:, :1] if joint else masked
+    visible = ~np.broadcast_to(hidden, x.shape)
+    axes = tuple(range(2, x.ndim))
+    n = visible.sum(axis=axes)
+    return np.where(n > 0, (x * visible).sum(axis=axes) / np.maximum(n, 1), 0.0).astype(np.float32)
+

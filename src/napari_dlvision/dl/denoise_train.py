@@ -28,7 +28,7 @@ import torch
 from ..core.errors import UserInputError
 from ..core.images import as_channels_first, check_spacing
 from .augment import Augmentation, patch_edges
-from .blind_spot import blind_spot, check_settings
+from .blind_spot import blind_spot_batch, check_settings
 from .denoise import Denoiser
 from .devices import free_memory, pick_device
 from .distributed import data_seed
@@ -183,7 +183,7 @@ def patch_shape_for(setting, shapes, ndim: int, multiple: int) -> tuple[int, ...
 
 
 class PatchSampler:
-    """Random (input, target, loss weight) patches for one training mode."""
+    """Random (input, target, loss weight) batches of patches for one training mode."""
 
     def __init__(self, fields_: list[Field], mode: str, patch, settings: DenoiseSettings, rng):
         self.fields, self.mode, self.patch, self.s, self.rng = fields_, mode, tuple(patch), settings, rng
@@ -208,15 +208,16 @@ class PatchSampler:
         x = (f.noisy[i][box] - low) * scale
         y = (target[box] - low) * scale
         x, (y,) = self.augment(x, [y], ndim, rng)
-        if self.mode == "n2v":
-            x, w = blind_spot(x, self.s.masked_fraction, rng, self.s.radius, self.s.replacement, self.s.channels)
-        else:
-            w = np.ones_like(y)
-        return x, y.astype(np.float32, copy=False), w
+        return x, y.astype(np.float32, copy=False)
 
     def sample(self, n: int):
-        xs, ys, ws = zip(*(self.one() for _ in range(n)))
-        return np.stack(xs), np.stack(ys), np.stack(ws)
+        xs, ys = zip(*(self.one() for _ in range(n)))
+        x, y = np.stack(xs), np.stack(ys)
+        if self.mode != "n2v":
+            return x, y, np.ones_like(y)
+        s = self.s  # the whole batch's blind spots in one pass (per patch, it bounded GPU training)
+        x, w = blind_spot_batch(x, s.masked_fraction, self.rng, s.radius, s.replacement, s.channels)
+        return x, y, w
 
 
 def masked_mse(model, batch):
