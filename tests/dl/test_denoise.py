@@ -102,6 +102,9 @@ def test_noise2void_puts_the_noisy_value_back_and_its_file_says_so(n2v_run, cell
     d, _, raw = n2v_run
     clean = cells[0]
     assert d.reinclude and Denoiser("n2n").reinclude is False
+    n2n = Denoiser("n2n")
+    n2n.reinclude = True  # the other networks see the pixel: the model keeps it off
+    assert n2n.reinclude is False
     put_back = d.denoise(raw, tta=False)
     d.reinclude = False
     try:

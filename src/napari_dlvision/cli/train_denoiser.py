@@ -144,7 +144,7 @@ def run(args):
     images, extra, axis = read_noisy(files, matched, args.channel_axis, args.frames, model)
     denoiser = model or Denoiser(mode, args.preset, device=args.device)
     denoiser.tta = not args.no_tta
-    denoiser.reinclude = mode == "n2v" and not args.no_reinclude
+    denoiser.reinclude = not args.no_reinclude  # Noise2Void only: the model keeps it off otherwise
     settings = DenoiseSettings(steps=args.steps, patch_size=args.patch_size, batch_size=args.batch_size,
                                channels=args.channels, device=args.device, time_limit=args.time_limit,
                                seed=args.seed)

@@ -76,9 +76,17 @@ class Denoiser:
         # Average the results for 8 flips and rotations of the image when predicting:
         # about +0.5 dB for Noise2Void, for 8 times the prediction time.
         self.tta = True
-        # Noise2Void only (the other networks see the pixel): put the noisy pixel's
-        # value back where the network is unsure (core.reinclusion).
-        self.reinclude = mode == "n2v"
+        self.reinclude = True
+
+    @property
+    def reinclude(self) -> bool:
+        """Put the noisy pixel's value back where the network is unsure (core.reinclusion).
+        Noise2Void only: the other networks see the pixel, so it stays False for them."""
+        return self._reinclude
+
+    @reinclude.setter
+    def reinclude(self, on: bool) -> None:
+        self._reinclude = bool(on) and self.mode == "n2v"
 
     @property
     def title(self) -> str:
@@ -351,9 +359,10 @@ class Denoiser:
             self.metrics = field(meta, "metrics", dict, optional=True, default={})
             self.tta = field(meta, "test_time_augmentation", bool, optional=True, default=False)
             # Files from before this option denoised without it.
-            self.reinclude = field(meta, "reinclude_noisy_value", bool, optional=True, default=False)
-            if self.reinclude and mode != "n2v":
+            reinclude = field(meta, "reinclude_noisy_value", bool, optional=True, default=False)
+            if reinclude and mode != "n2v":
                 raise ValueError("only a Noise2Void model puts the noisy value back")
+            self.reinclude = reinclude
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, UserInputError) as e:

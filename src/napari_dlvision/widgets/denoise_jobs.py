@@ -66,7 +66,7 @@ def train_job(holder, resume_from, mode, preset, device, noisy, other, layout: L
     from ..dl.denoise_train import DenoiseSettings, train_denoiser
 
     d = resume_from or Denoiser(mode, preset, device=device)
-    d.reinclude = mode == "n2v" and reinclude
+    d.reinclude = reinclude  # the model keeps it off but for Noise2Void
     holder["denoiser"] = d
     pairs = [other] if mode == "n2n" and other is not None else None
     targets = [other] if mode == "supervised" else None

@@ -290,7 +290,7 @@ class DenoiserWidget(ModelWidget):
     def _apply_options(self):
         """The prediction options ticked in the widget, onto the model."""
         self.model.tta = self.tta_check.isChecked()
-        self.model.reinclude = self.model.mode == "n2v" and self.reinclude_check.isChecked()
+        self.model.reinclude = self.reinclude_check.isChecked()  # the model keeps it off but for Noise2Void
 
     def predict_folder(self, in_dir, out_dir):
         if self.model is not None and not self.runner.busy:
