@@ -290,39 +290,51 @@ def _wiener(mu: np.ndarray, y: np.ndarray, s2: np.ndarray) -> np.ndarray:
     ph, pw = h - PATCH + 1, w - PATCH + 1
     if ph < 1 or pw < 1:
         return mu.copy()
-    d, dk = _dct_matrix(), _dct(GROUP)
-    mu_w, y_w = windows(mu, (PATCH, PATCH)), windows(y, (PATCH, PATCH))
-    s2_w = windows(s2, (PATCH, PATCH)).mean((-2, -1))
-    offsets = np.array([(a, b) for a in range(-SEARCH, SEARCH + 1) for b in range(-SEARCH, SEARCH + 1)])
-    own = int(np.flatnonzero((offsets == 0).all(1))[0])
+    # Transforms as matrices on flattened patches: the 2D DCT of a row-major patch
+    # is kron(D, D) @ patch, one matrix product for a whole strip of patches.
+    d2, dk = np.kron(_dct_matrix(), _dct_matrix()), _dct(GROUP).astype(np.float32)
+    s2_patch = windows(s2, (PATCH, PATCH)).mean((-2, -1))
+    offsets = [(a, b) for a in range(-SEARCH, SEARCH + 1) for b in range(-SEARCH, SEARCH + 1)]
+    own = offsets.index((0, 0))
+    padded = np.pad(mu, SEARCH, mode="edge")  # shifted copies for the distances (out-of-range ones are dropped)
     add, weight = np.zeros(h * w), np.zeros(h * w)
-    a, b = np.meshgrid(np.arange(PATCH), np.arange(PATCH), indexing="ij")
+    pixel = (np.arange(PATCH)[:, None] * w + np.arange(PATCH)[None]).ravel()  # a patch's pixels from its corner
     rows_per_strip = max(1, STRIP_GROUPS // pw)
     for top in range(0, ph, rows_per_strip):
-        ri, rj = np.meshgrid(np.arange(top, min(ph, top + rows_per_strip)), np.arange(pw), indexing="ij")
-        ri, rj = ri.ravel(), rj.ravel()
-        ref = mu_w[ri, rj]
-        dist = np.full((len(offsets), ri.size), np.inf)
+        bottom = min(ph, top + rows_per_strip)
+        ri, rj = (a.ravel() for a in np.meshgrid(np.arange(top, bottom), np.arange(pw), indexing="ij"))
+        dist = np.empty((len(offsets), ri.size))
+        here = padded[SEARCH + top:SEARCH + bottom + PATCH - 1, SEARCH:SEARCH + w]
         for k, (dy, dx) in enumerate(offsets):
-            ci, cj = ri + dy, rj + dx
-            ok = (ci >= 0) & (ci < ph) & (cj >= 0) & (cj < pw)
-            dist[k, ok] = ((ref[ok] - mu_w[ci[ok], cj[ok]]) ** 2).sum((-2, -1))
+            there = padded[SEARCH + top + dy:SEARCH + bottom + PATCH - 1 + dy, SEARCH + dx:SEARCH + w + dx]
+            e = (here - there) ** 2
+            # The same sums in the same order wherever the strip starts (a block of a larger image
+            # then ranks its patches exactly as the whole image does).
+            e = sum(e[:, i:i + pw] for i in range(PATCH))
+            dist[k] = sum(e[i:i + bottom - top] for i in range(PATCH)).ravel()
+            out = (ri + dy < 0) | (ri + dy >= ph) | (rj + dx < 0) | (rj + dx >= pw)
+            dist[k, out] = np.inf
         dist[own] = -1.0  # the reference itself leads its group
-        # The GROUP nearest, in order of distance; ties go to the earlier offset, so a
-        # block of a larger image picks the same patches as the whole image.
-        pick = np.argsort(dist, axis=0, kind="stable")[:GROUP]
-        mi, mj = ri + offsets[pick, 0], rj + offsets[pick, 1]  # (GROUP, n)
-        spectrum = lambda win: np.einsum("ak,knf->naf", dk,  # noqa: E731 - 2D DCT per patch, then along the group
-                                         (d @ win[mi, mj] @ d.T).reshape(GROUP, ri.size, PATCH * PATCH))
-        noisy, pilot = spectrum(y_w), spectrum(mu_w)
-        s = s2_w[mi, mj].mean(0)[:, None, None]
+        # The GROUP nearest, in order of distance.
+        pick = np.argpartition(dist, GROUP - 1, axis=0)[:GROUP]
+        pick = np.take_along_axis(pick, np.argsort(np.take_along_axis(dist, pick, 0), axis=0, kind="stable"), 0)
+        mi, mj = ri + np.array(offsets)[pick, 0], rj + np.array(offsets)[pick, 1]  # (GROUP, n)
+        lo, hi = max(0, top - SEARCH), min(ph, bottom + SEARCH)
+
+        def spectrum(a):
+            """(GROUP, n, PATCH**2): the members' 2D DCTs, then the DCT along the group."""
+            coef = windows(a[lo:hi + PATCH - 1], (PATCH, PATCH)).reshape(hi - lo, pw, PATCH * PATCH) @ d2.T
+            coef = coef.astype(np.float32)  # half the memory traffic; the weights need no more digits
+            return (dk @ coef[mi - lo, mj].reshape(GROUP, -1)).reshape(GROUP, ri.size, PATCH * PATCH)
+
+        noisy, pilot = spectrum(y), spectrum(mu)
+        s = s2_patch[mi, mj].mean(0).astype(np.float32)[None, :, None]
         keep = pilot**2 / (pilot**2 + s)
-        prec = 1.0 / np.maximum((keep**2).sum((1, 2)) * s[:, 0, 0], 1e-300)
-        est = np.einsum("ak,naf->knf", dk, keep * noisy).reshape(GROUP, ri.size, PATCH, PATCH)
-        est = d.T @ est @ d
-        where = ((mi[..., None, None] + a) * w + (mj[..., None, None] + b)).ravel()
-        add += np.bincount(where, (est * prec[None, :, None, None]).ravel(), h * w)
-        weight += np.bincount(where, np.broadcast_to(prec[None, :, None, None], est.shape).ravel(), h * w)
+        prec = 1.0 / np.maximum((keep**2).sum((0, 2), dtype=np.float64) * s[0, :, 0], 1e-300)  # (n,)
+        est = (dk.T @ (keep * noisy).reshape(GROUP, -1)).reshape(GROUP, ri.size, PATCH * PATCH) @ d2.astype(np.float32)
+        where = ((mi * w + mj)[..., None] + pixel).ravel()
+        add += np.bincount(where, (est * prec[None, :, None]).ravel(), h * w)
+        weight += np.bincount(where, np.broadcast_to(prec[None, :, None], est.shape).ravel(), h * w)
     covered = weight > 0
     out = mu.ravel().copy()
     out[covered] = add[covered] / weight[covered]
