@@ -293,6 +293,7 @@ def _wiener(mu: np.ndarray, y: np.ndarray, s2: np.ndarray) -> np.ndarray:
     # Transforms as matrices on flattened patches: the 2D DCT of a row-major patch
     # is kron(D, D) @ patch, one matrix product for a whole strip of patches.
     d2, dk = np.kron(_dct_matrix(), _dct_matrix()), _dct(GROUP).astype(np.float32)
+    d2_inverse = d2.astype(np.float32)  # orthonormal: coefficients @ d2 gives the patch back
     s2_patch = windows(s2, (PATCH, PATCH)).mean((-2, -1))
     offsets = [(a, b) for a in range(-SEARCH, SEARCH + 1) for b in range(-SEARCH, SEARCH + 1)]
     own = offsets.index((0, 0))
@@ -331,7 +332,7 @@ def _wiener(mu: np.ndarray, y: np.ndarray, s2: np.ndarray) -> np.ndarray:
         s = s2_patch[mi, mj].mean(0).astype(np.float32)[None, :, None]
         keep = pilot**2 / (pilot**2 + s)
         prec = 1.0 / np.maximum((keep**2).sum((0, 2), dtype=np.float64) * s[0, :, 0], 1e-300)  # (n,)
-        est = (dk.T @ (keep * noisy).reshape(GROUP, -1)).reshape(GROUP, ri.size, PATCH * PATCH) @ d2.astype(np.float32)
+        est = (dk.T @ (keep * noisy).reshape(GROUP, -1)).reshape(GROUP, ri.size, PATCH * PATCH) @ d2_inverse
         where = ((mi * w + mj)[..., None] + pixel).ravel()
         add += np.bincount(where, (est * prec[None, :, None]).ravel(), h * w)
         weight += np.bincount(where, np.broadcast_to(prec[None, :, None], est.shape).ravel(), h * w)

@@ -160,4 +160,3 @@ def _unmasked_means(x, masked, joint):
     axes = tuple(range(2, x.ndim))
     n = visible.sum(axis=axes)
     return np.where(n > 0, (x * visible).sum(axis=axes) / np.maximum(n, 1), 0.0).astype(np.float32)
-
