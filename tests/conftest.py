@@ -31,3 +31,27 @@ def sample3d():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def every_kind_files():
+    """The function below: tests of every model kind call it on their own folder."""
+    return _write_every_kind_files
+
+
+def _write_every_kind_files(folder, side: int, n_strokes: int, n_per_class: int):
+    """Files every model kind trains from, in `folder`: img.tif and strokes.tif
+    (synthetic nuclei), boxes.csv (one box per nucleus) and classes/ (two toy
+    image classes in folders). Returns `folder`."""
+    import tifffile
+
+    from napari_dlvision.core.boxes import boxes_from_labels
+    from napari_dlvision.data.toy_classes import toy_classes, write_class_folders
+
+    s = nuclei((side, side), radius=(5.0, 8.0), n_strokes=n_strokes, seed=3)
+    tifffile.imwrite(folder / "img.tif", s.image)
+    tifffile.imwrite(folder / "strokes.tif", s.scribbles)
+    boxes_from_labels(s.instances, class_name="nucleus").write(folder / "boxes.csv")
+    x, y, names = toy_classes(n_per_class=n_per_class, size=16, n_classes=2, seed=0)
+    write_class_folders(folder / "classes", x, y, names)
+    return folder

@@ -9,12 +9,8 @@ import subprocess
 import sys
 
 import pytest
-import tifffile
 
 from napari_dlvision import kinds
-from napari_dlvision.core.boxes import boxes_from_labels
-from napari_dlvision.data.synthetic import nuclei
-from napari_dlvision.data.toy_classes import toy_classes, write_class_folders
 
 
 def dlvision(*args):
@@ -23,15 +19,8 @@ def dlvision(*args):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("kinds")
-    s = nuclei((64, 64), radius=(5.0, 8.0), n_strokes=8, seed=3)
-    tifffile.imwrite(d / "img.tif", s.image)
-    tifffile.imwrite(d / "strokes.tif", s.scribbles)
-    boxes_from_labels(s.instances, class_name="nucleus").write(d / "boxes.csv")
-    x, y, names = toy_classes(n_per_class=12, size=16, n_classes=2, seed=0)
-    write_class_folders(d / "classes", x, y, names)
-    return d
+def data(tmp_path_factory, every_kind_files):
+    return every_kind_files(tmp_path_factory.mktemp("kinds"), 64, n_strokes=8, n_per_class=12)
 
 
 # kind name -> (train arguments after `train <command>`, predict arguments, output file)

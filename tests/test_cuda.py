@@ -17,9 +17,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_dlvision.core.boxes import BoxTable, boxes_from_labels, pairwise_iou
-from napari_dlvision.data.synthetic import nuclei
-from napari_dlvision.data.toy_classes import toy_classes, write_class_folders
+from napari_dlvision.core.boxes import BoxTable, pairwise_iou
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 
@@ -33,15 +31,8 @@ def dlvision(*args, cpu_only=False):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cuda")
-    s = nuclei((128, 128), radius=(5.0, 8.0), n_strokes=12, seed=3)
-    tifffile.imwrite(d / "img.tif", s.image)
-    tifffile.imwrite(d / "strokes.tif", s.scribbles)
-    boxes_from_labels(s.instances, class_name="nucleus").write(d / "boxes.csv")
-    x, y, names = toy_classes(n_per_class=40, size=16, n_classes=2, seed=0)
-    write_class_folders(d / "classes", x, y, names)
-    return d
+def data(tmp_path_factory, every_kind_files):
+    return every_kind_files(tmp_path_factory.mktemp("cuda"), 128, n_strokes=12, n_per_class=40)
 
 
 # kind command -> (train arguments, predict arguments, output file)
