@@ -237,19 +237,21 @@ def apply(params: dict | None, mu: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _apply(params: dict, mu: np.ndarray, y: np.ndarray) -> np.ndarray:
-    residual = _residual_rule(params, mu, y)
-    planes = zip(np.reshape(mu, (-1,) + mu.shape[-2:]), np.reshape(y, (-1,) + mu.shape[-2:]),
-                 np.reshape(_noise(params, np.asarray(mu, np.float64)), (-1,) + mu.shape[-2:]))
-    wiener = np.stack([_wiener(m, v, s) for m, v, s in planes]).reshape(mu.shape)
+    mu64, y64 = np.asarray(mu, np.float64), np.asarray(y, np.float64)
+    s2 = _noise(params, mu64)  # one noise map for both estimates
+    residual = _residual_rule(params, mu64, y64, s2)
+    plane = (-1,) + mu64.shape[-2:]
+    wiener = np.stack([_wiener(m, v, s) for m, v, s in zip(mu64.reshape(plane), y64.reshape(plane),
+                                                            s2.reshape(plane))]).reshape(mu64.shape)
     out = residual + BLEND * (wiener - residual)
     return out.astype(np.asarray(mu).dtype, copy=False)
 
 
-def _residual_rule(params: dict, mu: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _residual_rule(params: dict, mu: np.ndarray, y: np.ndarray, s2: np.ndarray | None = None) -> np.ndarray:
     mu64 = np.asarray(mu, np.float64)
     shape = mu64.shape[-2:]
     r = np.asarray(y, np.float64) - mu64
-    s2 = _noise(params, mu64)
+    s2 = _noise(params, mu64) if s2 is None else s2
     centres, e2 = np.asarray(params["centres"]), np.asarray(params["e2"])
     d = _dct_matrix()
     add = np.zeros((r.size // (shape[0] * shape[1]),) + shape)
