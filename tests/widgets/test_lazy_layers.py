@@ -151,3 +151,37 @@ def test_unet_and_denoiser_widgets_predict_a_dask_layer_as_in_memory(make_napari
         else:
             np.testing.assert_array_equal(got, seg.predict(s.image))
         assert "block by block" in w.panel.status.text() and w.lazy.save_btn.isEnabled()
+
+
+def test_stop_ends_the_denoisers_fitting_pass_before_any_block(make_napari_viewer, qtbot):
+    """A dask layer's denoising first runs the network over a central region (to fit
+    the put-back of noisy values, 8 views with test-time augmentation): seconds
+    on a CPU in which Stop must work, and after which no block has started."""
+    pytest.importorskip("torch")
+    from napari_dlvision.widgets.torch_import import import_torch
+
+    import_torch()
+    from napari_dlvision.dl.denoise import Denoiser
+    from napari_dlvision.dl.denoise_train import DenoiseSettings, train_denoiser
+    from napari_dlvision.widgets.denoiser import DenoiserWidget
+
+    rng = np.random.default_rng(0)
+    image = nuclei((128, 128), seed=4).image
+    den = Denoiser(device="cpu")
+    for _ in train_denoiser(den, image, settings=DenoiseSettings(steps=2, batch_size=2, patch_size=32, device="cpu")):
+        pass
+    assert den.reinclude
+    big = rng.normal(100, 10, (1024, 1024)).astype(np.float32)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(da.from_array(big, chunks=256), name="big")
+    w = DenoiserWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model = den
+    w.tta_check.setChecked(True)
+    assert w.predict_layer(layer) is not None
+    qtbot.waitUntil(lambda: "Fitting the put-back" in w.panel.status.text(), timeout=60_000)
+    w.stop()
+    wait_idle(qtbot, w, timeout=60_000)
+    assert "Stopped" in w.panel.status.text()
+    assert w.output_name(layer) not in viewer.layers  # no block was computed
+    assert not w.lazy.save_btn.isEnabled()

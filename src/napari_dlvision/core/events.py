@@ -33,3 +33,13 @@ class Progress:
     @property
     def finished(self) -> bool:
         return self.stage == "done"
+
+
+def result_of(events):
+    """Run a generator of Progress events to its end and give back what it returns
+    (a job whose caller wants the result, not the progress)."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            return stop.value

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserInputError
+from .events import result_of
 
 LAZY_INPUT_BYTES = 1 << 31  # a TIFF larger than this is predicted lazily even without --dask options
 CHUNK = {2: 1024, 3: 128}  # default block side per spatial dimensionality
@@ -253,7 +254,14 @@ def one_thread_per_block_here():
 
 # -- the graph ----------------------------------------------------------------
 def lazy_outputs(model, image_cf, spacing=None, wanted=("segmentation",), chunk=None, model_file=None) -> dict:
-    """{output name: dask array} for a (C, *spatial) dask array.
+    """{output name: dask array} for a (C, *spatial) dask array; see `iter_lazy_outputs`."""
+    return result_of(iter_lazy_outputs(model, image_cf, spacing, wanted, chunk, model_file))
+
+
+def iter_lazy_outputs(model, image_cf, spacing=None, wanted=("segmentation",), chunk=None, model_file=None):
+    """{output name: dask array} for a (C, *spatial) dask array, as the return
+    value of a generator of the Progress events of planning (a model may run
+    once over a central region first: the denoiser fits its put-back there).
 
     `chunk`: the block side (default CHUNK, or the whole image when it
     holds at most WHOLE_BLOCKS of them), rounded to the plan's multiple;
@@ -268,7 +276,9 @@ def lazy_outputs(model, image_cf, spacing=None, wanted=("segmentation",), chunk=
     if bad:
         raise UserInputError(f"{', '.join(bad)} cannot be computed tile by tile; lazy prediction gives "
                              + ", ".join(w for w in model.OUTPUTS if w in allowed))
-    plan = model.block_plan(image_cf, spacing)
+    # A plan that computes (the denoiser's) comes as a generator, so a Stop can end it.
+    plan = (yield from model.iter_block_plan(image_cf, spacing)) if hasattr(model, "iter_block_plan") \
+        else model.block_plan(image_cf, spacing)
     ndim = image_cf.ndim - 1
     halo = tuple(-(-h // plan.multiple) * plan.multiple for h in plan.halo)
     side = None

@@ -23,7 +23,7 @@ import torch
 
 from ..core import modelfile, reinclusion
 from ..core.errors import ModelFileError, UserInputError
-from ..core.events import Progress
+from ..core.events import Progress, result_of
 from ..core.images import as_channels_first, check_spacing
 from ..core.normalisation import Normalisation
 from ..core.tiling import grow
@@ -248,6 +248,13 @@ class Denoiser:
         normalised with the whole image's parameters (as `norm_params`), the
         noisy values put back with numbers fitted on the central region (as
         in memory: `reinclusion.calibration_region`)."""
+        return result_of(self.iter_block_plan(image_cf, spacing))
+
+    def iter_block_plan(self, image_cf, spacing=None):
+        """`block_plan` as a generator: Progress events ("predicting", one a view
+        of test-time augmentation) while the network runs over the central region
+        to fit the put-back numbers, so a Stop can end it there (seconds on a CPU);
+        returns the plan."""
         from ..core.lazy import BlockPlan, network_block_side, sampled_percentile_params
 
         self.check_compatible(np.empty((image_cf.shape[0],) + (2,) * (image_cf.ndim - 1), np.float32))
@@ -266,7 +273,8 @@ class Denoiser:
             shape = image_cf.shape[1:]
             outer, inner = grow(reinclusion.calibration_region(shape), (self.halo,) * self.ndim, shape)
             block = np.asarray(image_cf[(slice(None),) + outer])
-            mu = self._denoise_grown(block, params, constant)
+            mu = yield from self._iter_denoise_grown(block, params, constant,
+                                                     "Fitting the put-back of noisy values on the central region…")
             inner = (slice(None),) + inner
             putback = reinclusion.fit_channels(mu[inner], as_channels_first(block, 0)[inner], skip=constant)
         # Putting the values back looks a few pixels further than the network.
@@ -276,11 +284,15 @@ class Denoiser:
     def _denoise_grown(self, block, params, constant):
         """A grown (C, *spatial) block denoised in the input's units, test-time
         augmentation within the block, the noisy values not put back."""
+        return result_of(self._iter_denoise_grown(block, params, constant))
+
+    def _iter_denoise_grown(self, block, params, constant, message=None):
+        """`_denoise_grown` as a generator: a Progress event after each view; returns the block."""
         views = dihedral(self.ndim) if self.tta else [(_same, _same)]
         img = self.normalisation.apply(as_channels_first(block, 0), params)
         out = np.empty_like(img)
-        for _ in self._iter_views(img, views, out, grown=True):
-            pass
+        for k, done, total, _ in self._iter_views(img, views, out, grown=True):
+            yield Progress("predicting", k * total + done, len(views) * total, message)
         out = Normalisation.invert(out, params)
         for c in constant:  # nothing to denoise there: passed through
             out[c] = params[c][0]

@@ -96,12 +96,13 @@ class LazyPredictions:
 
     @staticmethod
     def _job(model, data, rgb, spacing, what, focus, path):
-        from ..core.lazy import iter_blocks_into, lazy_outputs
+        from ..core.lazy import iter_blocks_into, iter_lazy_outputs
 
         # Planning may run the model once over a central region (the denoiser
-        # fits its put-back numbers there): say so, since no block shows yet.
+        # fits its put-back numbers there, with progress and Stop): say so,
+        # since no block shows yet.
         yield Progress("predicting", 0, 0, "Preparing the blocks…")
-        out = lazy_outputs(model, as_dask(data, rgb), spacing, (what,))[what]
+        out = (yield from iter_lazy_outputs(model, as_dask(data, rgb), spacing, (what,)))[what]
         mm = np.lib.format.open_memmap(path, mode="w+", dtype=out.dtype, shape=out.shape)
         yield Progress("predicting", 0, 0, payload={"array": mm})
         yield from iter_blocks_into(out, mm, focus)
