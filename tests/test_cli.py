@@ -1,21 +1,13 @@
 """The `dlvision` command, run as a user would: a subprocess on real files."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import dlvision
 
 from napari_dlvision.core.metrics import iou
-
-
-def dlvision(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "napari_dlvision.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, timeout=300,
-    )
 
 
 @pytest.fixture

@@ -2,25 +2,12 @@
 
 import csv
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_helpers import dlvision, one_line_error
 
 from napari_dlvision.data.toy_classes import toy_classes, write_cifar_batch, write_class_folders
-
-
-def dlvision(*args):
-    return subprocess.run([sys.executable, "-m", "napari_dlvision.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-
-
-def one_line_error(r, text):
-    assert r.returncode == 1, r.stdout + r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dlvision") and ": error: " in lines[0], r.stderr
-    assert text in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

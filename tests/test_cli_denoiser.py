@@ -1,34 +1,23 @@
 """`dlvision train denoiser` and `dlvision predict` on real files, in a subprocess."""
 
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 
+import cli_helpers
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import one_line_error
 from skimage.metrics import peak_signal_noise_ratio
 
 from napari_dlvision.data.noisy import add_noise, noisy_cells
 
+# One thread: these trainings are tiny, and a busy machine makes more threads slower.
+dlvision = partial(cli_helpers.dlvision, OMP_NUM_THREADS="1")
+
+
 FAST = ["--steps", "60", "--patch-size", "32", "--batch-size", "4"]
 BRIEF = ["--steps", "5", "--patch-size", "32", "--batch-size", "2", "--no-tta"]
-
-
-def dlvision(*args):
-    # One thread: these trainings are tiny, and a busy machine makes more threads slower.
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "napari_dlvision.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env=env)
-
-
-def one_line_error(r):
-    assert r.returncode == 1, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    # Usage errors name the sub-command: "dlvision train denoiser: error: ...".
-    assert len(lines) == 1 and lines[0].startswith("dlvision") and ": error: " in lines[0], r.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """`dlvision train detector`, `predict` and `evaluate` on real files, in a subprocess."""
 
-import subprocess
-import sys
+from functools import partial
 
+import cli_helpers
 import numpy as np
 import pytest
 import tifffile
@@ -10,10 +10,7 @@ import tifffile
 from napari_dlvision.core.boxes import BoxTable, boxes_from_labels
 from napari_dlvision.data.synthetic import nuclei
 
-
-def dlvision(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "napari_dlvision.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+dlvision = partial(cli_helpers.dlvision, timeout=900)
 
 
 @pytest.fixture(scope="module")

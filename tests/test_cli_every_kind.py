@@ -5,17 +5,11 @@ so the platform's promise (train / info / predict / load for free) is
 checked for each kind, in subprocesses, on real files.
 """
 
-import subprocess
-import sys
 
 import pytest
+from cli_helpers import dlvision
 
 from napari_dlvision import kinds
-
-
-def dlvision(*args):
-    return subprocess.run([sys.executable, "-m", "napari_dlvision.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,11 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+from cli_helpers import dlvision
 
 from napari_dlvision.data.synthetic import nuclei
 
 zarr = pytest.importorskip("zarr")
-
-
-def dlvision(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "napari_dlvision.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def ok(*args):

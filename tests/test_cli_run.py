@@ -2,19 +2,13 @@
 anything else in one line."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import tifffile
+from cli_helpers import dlvision
 
 from napari_dlvision.core.runfile import write_run
 from napari_dlvision.data.synthetic import nuclei
-
-
-def dlvision(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "napari_dlvision.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def test_a_run_file_trains_relative_to_its_folder_with_extra_arguments(tmp_path):

@@ -10,23 +10,11 @@ import time
 import numpy as np
 import pytest
 import tifffile
-
-
-def dlvision(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "napari_dlvision.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+from cli_helpers import dlvision, one_line_error
 
 
 def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def one_line_error(r, text=None):
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dlvision"), r.stderr
-    if text:
-        assert text in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

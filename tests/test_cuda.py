@@ -8,26 +8,16 @@ README's "GPU" section.
 """
 
 import csv
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from cli_helpers import dlvision
 
 from napari_dlvision.core.boxes import BoxTable, pairwise_iou
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
-
-
-def dlvision(*args, cpu_only=False):
-    env = dict(os.environ)
-    if cpu_only:
-        env["CUDA_VISIBLE_DEVICES"] = ""  # as on a machine without a GPU
-    return subprocess.run([sys.executable, "-m", "napari_dlvision.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +50,8 @@ def test_trained_on_the_gpu_predicts_the_same_without_one(command, data, tmp_pat
     for where, cpu_only in (("gpu", False), ("cpu", True)):
         out = tmp_path / where / out_name
         out.parent.mkdir()
-        r = dlvision("predict", "--model", model, *fill(predict), "--out", out, cpu_only=cpu_only)
+        hidden = {"CUDA_VISIBLE_DEVICES": ""} if cpu_only else {}  # as on a machine without a GPU
+        r = dlvision("predict", "--model", model, *fill(predict), "--out", out, **hidden)
         assert r.returncode == 0, f"{where}: {r.stderr}"
         outs[where] = out
     compare = {"unet": same_segmentation, "classifier": same_labels, "detector": same_boxes,
