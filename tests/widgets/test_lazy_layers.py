@@ -182,6 +182,6 @@ def test_stop_ends_the_denoisers_fitting_pass_before_any_block(make_napari_viewe
     qtbot.waitUntil(lambda: "Fitting the put-back" in w.panel.status.text(), timeout=60_000)
     w.stop()
     wait_idle(qtbot, w, timeout=60_000)
-    assert "Stopped" in w.panel.status.text()
-    assert w.output_name(layer) not in viewer.layers  # no block was computed
+    assert "Stopped before the first block" in w.panel.status.text()
+    assert w.output_name(layer) not in viewer.layers
     assert not w.lazy.save_btn.isEnabled()

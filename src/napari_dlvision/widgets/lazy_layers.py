@@ -141,7 +141,8 @@ class LazyPredictions:
 
     def _on_end(self, job):
         if job.error is None and not job.complete:
-            self.widget.say("Stopped; the blocks done so far are shown.")
+            self.widget.say("Stopped; the blocks done so far are shown." if "layer" in job.context
+                            else "Stopped before the first block.")
 
     @staticmethod
     def _displayed(arr, what, image):
