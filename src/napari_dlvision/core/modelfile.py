@@ -19,6 +19,7 @@ wrong type or range. Model classes check their own fields with `field` and
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -33,7 +34,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from .. import __version__
-from .errors import ModelFileError
+from .errors import ModelFileError, UserInputError
 from .io import _one_line, atomic_output
 
 FORMAT = "napari-dlvision-model"
@@ -169,6 +170,19 @@ def load(path, kinds: tuple[str, ...] | None = None, arrays: bool = True,
             RuntimeError, NotImplementedError, zlib.error, struct.error, OverflowError) as e:
         raise ModelFileError(f"{path} is not a readable napari-dlvision model ({_one_line(e)})") from None
     return meta, data, extra
+
+
+@contextlib.contextmanager
+def refused_if_damaged(path, what: str):
+    """Reading a model's metadata inside this block: a missing or wrong field
+    becomes one ModelFileError line, "<path> is a damaged <what> (<reason>)";
+    refusals that are already ModelFileErrors pass unchanged."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, UserInputError) as e:
+        raise ModelFileError(f"{path} is a damaged {what} ({e})") from None
 
 
 def _refuse(path, what: str):

@@ -21,7 +21,7 @@ import torch
 
 from ..core import modelfile
 from ..core.classification import Prediction
-from ..core.errors import ModelFileError, UserInputError
+from ..core.errors import UserInputError
 from ..core.labels import class_names_for
 from .classify_nets import ARCHS, DEFAULT_ARCH, build
 from .devices import describe, pick_device, retry_on_oom
@@ -187,7 +187,7 @@ class ImageClassifier:
 
         meta, _, extra = modelfile.load(path, kinds=(KIND,))
         field, numbers = modelfile.field, modelfile.number_list
-        try:
+        with modelfile.refused_if_damaged(path, "image classifier"):
             arch = field(meta, "architecture.arch", str, choices=tuple(ARCHS))
             width = field(meta, "architecture.width", int, lo=0, hi=4096, optional=True)
             n_ch = field(meta, "n_channels", int, lo=1, hi=64)
@@ -200,10 +200,6 @@ class ImageClassifier:
             self.tta = field(meta, "input.test_time_flip", bool, optional=True, default=False)
             self.training = field(meta, "training", dict, optional=True, default={})
             self.metrics = field(meta, "metrics", dict, optional=True, default={})
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, ValueError, UserInputError) as e:
-            raise ModelFileError(f"{path} is a damaged image classifier ({e})") from None
         load_weights_into(self.net, extra, path, "image classifier")
         return self
 

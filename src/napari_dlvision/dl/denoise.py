@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from ..core import modelfile, reinclusion
-from ..core.errors import ModelFileError, UserInputError
+from ..core.errors import UserInputError
 from ..core.events import Progress, result_of
-from ..core.images import as_channels_first, check_spacing
+from ..core.images import as_channels_first
 from ..core.normalisation import Normalisation
 from ..core.tiling import grow
 from .devices import describe, pick_device
@@ -349,36 +349,22 @@ class Denoiser:
 
     @classmethod
     def load(cls, path, device: str = "auto") -> Denoiser:
-        from .weights import load_weights_into
+        from .weights import adopt_unet, load_weights_into
 
         meta, _, extra = modelfile.load(path, kinds=(KIND,))
         field = modelfile.field
-        try:
-            arch = field(meta, "architecture", dict)
+        with modelfile.refused_if_damaged(path, "denoiser model"):
             mode = field(meta, "mode", str, choices=MODES)
             preset = field(meta, "preset", str, optional=True, default=DEFAULT_PRESET)
-            norm = field(meta, "normalisation", dict)
             self = cls(mode, preset if preset in PRESETS else DEFAULT_PRESET,
-                       normalisation=Normalisation.from_json(norm), device=device)
-            net = UNet.from_architecture(arch)  # bounded: refuses absurd sizes before allocating
-            if (net.in_channels, net.n_classes, net.ndim) != (meta["n_channels"], meta["n_channels"], meta["ndim"]):
-                raise ValueError("architecture does not match the channels or dimensions")
-            self.config = {"depth": net.depth, "base_channels": net.base_channels, "norm": net.norm}
-            self.net, self.n_channels, self.ndim = net, net.in_channels, net.ndim
-            spacing = meta.get("spacing")
-            self.spacing = None if spacing is None else list(check_spacing(spacing, net.ndim))
-            self.training = field(meta, "training", dict, optional=True, default={})
-            self.metrics = field(meta, "metrics", dict, optional=True, default={})
+                       normalisation=Normalisation.from_json(field(meta, "normalisation", dict)), device=device)
+            adopt_unet(self, meta, meta["n_channels"])  # one output per input channel
             self.tta = field(meta, "test_time_augmentation", bool, optional=True, default=False)
             # Files from before this option denoised without it.
             reinclude = field(meta, "reinclude_noisy_value", bool, optional=True, default=False)
             if reinclude and mode != "n2v":
                 raise ValueError("only a Noise2Void model puts the noisy value back")
             self.reinclude = reinclude
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, ValueError, UserInputError) as e:
-            raise ModelFileError(f"{path} is a damaged denoiser model ({e})") from None
         load_weights_into(self.net, extra, path, "denoiser model")
         return self
 

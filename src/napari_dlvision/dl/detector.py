@@ -25,7 +25,7 @@ import torch
 
 from ..core import modelfile
 from ..core.boxes import BoxTable
-from ..core.errors import ModelFileError, UserInputError
+from ..core.errors import UserInputError
 from ..core.events import Progress
 from ..core.labels import class_names_for
 from ..core.normalisation import Normalisation
@@ -284,7 +284,7 @@ class Detector:
 
         meta, _, extra = modelfile.load(path, kinds=(KIND,))
         field = modelfile.field
-        try:
+        with modelfile.refused_if_damaged(path, "detector model"):
             arch = field(meta, "arch", str, choices=ARCHS)
             names = [str(n) for n in field(meta, "class_names", list)]
             n_classes = len(field(meta, "classes", list))
@@ -322,10 +322,6 @@ class Detector:
             self.class_names = class_names_for(names, n_classes)
             self.training = field(meta, "training", dict, optional=True, default={})
             self.metrics = field(meta, "metrics", dict, optional=True, default={})
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, ValueError, UserInputError) as e:
-            raise ModelFileError(f"{path} is a damaged detector model ({e})") from None
         load_weights_into(self.net, extra, path, "detector model")
         return self
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..core import modelfile
-from ..core.errors import ModelFileError, UserInputError
+from ..core.errors import UserInputError
 from ..core.events import Progress
 from ..core.images import as_channels_first, check_spacing
 from ..core.instances import instances_from_interior, instances_from_segmentation
@@ -256,40 +256,26 @@ class UNetSegmenter(PixelModel):
 
     @classmethod
     def load(cls, path, device: str = "auto") -> UNetSegmenter:
-        from .weights import load_weights_into
+        from .weights import adopt_unet, load_weights_into
 
         meta, _, extra = modelfile.load(path, kinds=(KIND,))
         field = modelfile.field
-        try:
-            arch = field(meta, "architecture", dict)
+        with modelfile.refused_if_damaged(path, "U-Net model"):
             mode = field(meta, "mode", str, choices=MODES)
             preset = field(meta, "preset", str, optional=True, default=DEFAULT_PRESET)
-            field(meta, "normalisation", dict)
             self = cls(preset if preset in PRESETS else DEFAULT_PRESET, mode, meta["class_names"],
-                       normalisation=Normalisation.from_json(meta["normalisation"]), device=device)
-            net = UNet.from_architecture(arch)  # bounded: refuses absurd sizes before allocating
+                       normalisation=Normalisation.from_json(field(meta, "normalisation", dict)), device=device)
             n_classes = len(meta["classes"])
-            if (net.in_channels, net.ndim, net.n_classes) != (meta["n_channels"], meta["ndim"], n_classes):
-                raise ValueError("architecture does not match channels, dimensions or classes")
+            adopt_unet(self, meta, n_classes)
             if mode == "dense" and n_classes != 3:
                 raise ValueError("a dense-mode U-Net has 3 classes")
-            self.config = {"depth": net.depth, "base_channels": net.base_channels, "norm": net.norm}
-            self.net, self.n_channels, self.ndim = net, net.in_channels, net.ndim
             self.class_names = class_names_for(meta["class_names"], n_classes)
-            spacing = meta.get("spacing")
-            self.spacing = None if spacing is None else list(check_spacing(spacing, net.ndim))
-            self.training = field(meta, "training", dict, optional=True, default={})
-            self.metrics = field(meta, "metrics", dict, optional=True, default={})
             painted = meta.get("painted_classes")
             if painted is not None:
                 painted = modelfile.number_list(meta, "painted_classes", int, lo=1, hi=n_classes)
                 if len(set(painted)) < 2:
                     raise ValueError("painted_classes must name at least two classes")
             self.classes = painted
-        except ModelFileError:
-            raise
-        except (KeyError, TypeError, ValueError, UserInputError) as e:
-            raise ModelFileError(f"{path} is a damaged U-Net model ({e})") from None
         load_weights_into(self.net, extra, path, "U-Net model")
         return self
 

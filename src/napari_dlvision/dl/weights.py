@@ -106,3 +106,26 @@ def load_weights_into(net, extra: dict, path, what: str):
         raise ModelFileError(f"{path}: weights.pt does not fit the architecture ({first})") from None
     net.eval()
     return net
+
+
+def adopt_unet(model, meta: dict, n_out: int) -> None:
+    """Give `model` (a U-Net segmenter or denoiser being loaded) the network its
+    file's metadata describes, with the fields both kinds share: config,
+    channels, dimensions, spacing, training report and metrics. The network's
+    size is bounded before anything is allocated; one that does not match the
+    file's channels, dimensions or `n_out` outputs is refused. Weights come
+    after, with `load_weights_into`."""
+    from ..core import modelfile
+    from ..core.images import check_spacing
+    from .unet import UNet
+
+    field = modelfile.field
+    net = UNet.from_architecture(field(meta, "architecture", dict))  # bounded: refuses absurd sizes
+    if (net.in_channels, net.ndim, net.n_classes) != (meta["n_channels"], meta["ndim"], n_out):
+        raise ValueError("architecture does not match the channels, dimensions or outputs")
+    model.config = {"depth": net.depth, "base_channels": net.base_channels, "norm": net.norm}
+    model.net, model.n_channels, model.ndim = net, net.in_channels, net.ndim
+    spacing = meta.get("spacing")
+    model.spacing = None if spacing is None else list(check_spacing(spacing, net.ndim))
+    model.training = field(meta, "training", dict, optional=True, default={})
+    model.metrics = field(meta, "metrics", dict, optional=True, default={})
