@@ -63,15 +63,22 @@ def test_ema_weights_are_previewed_and_kept_when_stopped():
     previews = []
     gen = fit(net, batches, loss_fn, FitSettings(steps=1000, batch_size=8, lr=0.05, ema=0.9, preview_every=5),
               preview=lambda model: model.weight.detach().clone())
+    snapshots = []
     for ev in gen:
         if ev.payload:
             previews.append(ev.payload["preview"])
+            snapshots.append(ev.payload["weights"])
         if ev.done == 20:
             break
     gen.close()  # the user pressed Stop
     # The preview at step 20 showed the averaged weights, and exactly those are kept.
     torch.testing.assert_close(net.weight.detach(), previews[-1])
     assert not net.training
+    # Each preview carries a CPU copy of the weights it showed (to go back to), not a view of live ones.
+    assert len(snapshots) == 4 and all(w["weight"].device.type == "cpu" for w in snapshots)
+    for preview, weights in zip(previews, snapshots):
+        torch.testing.assert_close(weights["weight"], preview.cpu())
+    assert not torch.equal(snapshots[0]["weight"], snapshots[-1]["weight"])
 
 
 def test_ema_warmup_keeps_little_of_the_random_start_in_short_runs():

@@ -6,7 +6,7 @@ import time
 
 from napari_dlvision.core.events import Progress
 from napari_dlvision.widgets.jobs import JobRunner
-from napari_dlvision.widgets.parts import RunPanel
+from napari_dlvision.widgets.parts import PreviewHistory, RunPanel
 
 
 def test_worker_waits_until_an_event_with_a_payload_is_shown(qtbot):
@@ -76,3 +76,30 @@ def test_routine_steps_are_drawn_a_few_times_a_second_and_the_last_lands(qtbot):
     qtbot.wait(int(1000 * RunPanel.DRAW_EVERY_S) + 100)
     assert panel.status.text() == "Training stopped after 5 steps."
     assert panel.progress.value() == 50
+
+
+def test_the_preview_history_stays_bounded_keeps_the_first_and_newest_and_goes_back(qtbot):
+    import torch
+
+    chosen = []
+    history = PreviewHistory(lambda step, weights: chosen.append((step, weights)))
+    qtbot.addWidget(history)
+    assert not history.use_btn.isEnabled()
+    small = {"w": torch.zeros(10)}
+    for step in range(10, 310, 10):  # 30 previews of a small network
+        history.add(step, small)
+    steps = [s for s, _ in history.entries]
+    assert len(steps) <= PreviewHistory.MAX and steps[0] == 10 and steps[-1] == 300
+    assert steps == sorted(steps) and history.combo.count() == len(steps)
+    history.clear()
+    big = {"w": torch.empty(20 << 20, dtype=torch.uint8)}  # 20 MB a snapshot: bounded by bytes
+    for step in range(1, 31):
+        history.add(step, big)
+    assert 2 <= len(history.entries) <= PreviewHistory.MAX_BYTES // (20 << 20)
+    assert history.entries[-1][0] == 30
+    history.set_busy(True)
+    assert not history.use_btn.isEnabled() and not history.combo.isEnabled()
+    history.set_busy(False)
+    history.choose(history.entries[0][0])
+    history.use_btn.click()
+    assert chosen == [history.entries[0]]

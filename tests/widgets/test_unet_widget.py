@@ -207,3 +207,43 @@ def test_docked_alone_after_the_sample_the_annotation_layer_is_ready_to_paint(ma
     viewer.window.add_plugin_dock_widget("napari-dlvision", "Deep pixel classifier (U-Net)")
     labels = viewer.layers["nuclei annotations"]
     assert viewer.layers.selection.active is labels and labels.mode == "paint" and labels.visible
+
+
+def test_after_stop_the_user_can_go_back_to_any_preview_they_saw(qtbot, widget, small):
+    """Stop keeps the averaged weights; the previews shown before stay in a list
+    and "Go back to it" keeps the weights of the one picked, shows their
+    prediction, and Continue training goes on from them."""
+    viewer = widget.viewer
+    widget.settings_form.set_value("steps", 5000)
+    widget.settings_form.set_value("preview_every", 10)
+    assert not widget.history.use_btn.isEnabled()  # nothing to go back to yet
+    qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(widget.history.entries) >= 3, timeout=TIMEOUT_MS)
+    assert not widget.history.use_btn.isEnabled()  # not while training
+    qtbot.mouseClick(widget.stop_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, widget)
+    steps = [s for s, _ in widget.history.entries]
+    assert steps[:3] == [10, 20, 30] and widget.history.combo.itemText(0) == f"step {steps[-1]}"  # newest first
+    assert widget.history.use_btn.isEnabled()
+    at_stop = {k: v.cpu().clone() for k, v in widget.segmenter.net.state_dict().items()}
+    assert any(not np.array_equal(at_stop[k].numpy(), v.numpy()) for k, v in widget.history.entries[0][1].items())
+
+    widget.history.choose(10)
+    qtbot.mouseClick(widget.history.use_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    kept = {k: v.cpu() for k, v in widget.segmenter.net.state_dict().items()}
+    for name, value in widget.history.entries[0][1].items():
+        np.testing.assert_array_equal(kept[name].numpy(), value.numpy())
+    assert widget.status.text().startswith("Went back to the weights previewed at step 10. Predicted cells")
+    assert widget.segmenter.training["kept"] == "the weights previewed at step 10 (chosen)"
+    np.testing.assert_array_equal(viewer.layers["cells segmentation (U-Net)"].data,
+                                  widget.segmenter.predict(small.image))
+    np.testing.assert_array_equal(viewer.layers["cells annotations"].data, small.scribbles)
+
+    total = widget.segmenter.training["steps_total"]
+    widget.settings_form.set_value("steps", 10)
+    qtbot.mouseClick(widget.continue_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, widget)
+    assert widget.segmenter.training["steps_total"] == total + 10
+    assert [s for s, _ in widget.history.entries][-1] == total + 10  # the list goes on with the run

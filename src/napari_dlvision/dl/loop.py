@@ -137,8 +137,8 @@ def finite_state(net) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in net.state_dict().values() if v.is_floating_point())
 
 
-def _copy_state(net) -> dict:
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+def _copy_state(net, device=None) -> dict:
+    return {k: v.detach().to(device, copy=True) for k, v in net.state_dict().items()}
 
 
 def _make_optimiser(net, s: FitSettings):
@@ -188,7 +188,9 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
 
     validate(net) -> {metric name: value}, higher is better for the first
     one; preview(net) -> any payload shown to the user; both get the
-    weights that would be kept now, in eval mode. on_end(report) runs when
+    weights that would be kept now, in eval mode. A preview's event carries
+    {"preview": that payload, "weights": those weights' state dict, on the
+    CPU}, so a consumer can go back to what it showed. on_end(report) runs when
     the loop ends for any reason, after the kept weights are in `net`.
     """
     settings.check()
@@ -285,7 +287,9 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
                     best.update(score=score, step=step, state=_copy_state(current()))
             payload = None
             if preview is not None and settings.preview_every and step % settings.preview_every == 0:
-                payload = {"preview": evaluated(preview)}
+                # The weights shown travel with their preview (a copy in CPU memory), so
+                # a user can go back to any preview they saw (the widgets' history).
+                payload = {"preview": evaluated(preview), "weights": _copy_state(current(), "cpu")}
             seconds = clock() - t0
             if over:
                 stopped = "time limit"

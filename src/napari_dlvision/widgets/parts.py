@@ -7,6 +7,7 @@
   optional loss plot, fed by core.events.Progress; routine training steps
   are drawn at most a few times a second.
 - ModelRow: Save… / Load… of model files.
+- PreviewHistory: the weights of each training preview, to go back to one.
 - ApplyRow: apply the model to another image layer or a folder of files.
 - SettingsForm: a form of typed fields, read as a dict.
 No model-specific code here.
@@ -186,6 +187,64 @@ class RunPanel(QWidget):
             self.status.setText(ev.message or text)
         if self.plot is not None:
             self.plot.update()
+
+
+class PreviewHistory(QWidget):
+    """The weights each training preview showed, to go back to one after Stop:
+    a list of steps and "Go back". "Best" is the user's call: only they see
+    what a preview gets right where nothing is painted. Snapshots are CPU
+    copies (2 MB each for the small 2D U-Net, 31 MB for the medium one): at
+    most MAX of them and MAX_BYTES in all; beyond that the older ones are
+    thinned evenly, and the newest is always kept."""
+
+    MAX = 24
+    MAX_BYTES = 256 << 20
+
+    def __init__(self, on_use):
+        super().__init__()
+        self.entries: list[tuple[int, dict]] = []
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("Previews"))
+        self.combo = QComboBox()
+        self.combo.setToolTip("The weights each preview showed during training")
+        self.use_btn = QPushButton("Go back to it")
+        self.use_btn.setToolTip("Keep the weights of the preview chosen here instead (Continue training "
+                                "then goes on from them)")
+        self.use_btn.clicked.connect(lambda: on_use(*self.chosen()) if self.entries else None)
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.use_btn)
+        self.set_busy(False)
+
+    def clear(self):
+        self.entries.clear()
+        self._show()
+
+    def add(self, step: int, weights: dict):
+        self.entries.append((int(step), weights))
+        size = sum(v.numel() * v.element_size() for v in weights.values())
+        if len(self.entries) > max(2, min(self.MAX, self.MAX_BYTES // max(size, 1))):
+            old = self.entries[:-1]
+            self.entries = old[::2] + self.entries[-1:]
+        self._show()
+
+    def chosen(self) -> tuple[int, dict]:
+        return self.entries[len(self.entries) - 1 - max(0, self.combo.currentIndex())]
+
+    def choose(self, step: int):
+        """Select the preview of `step` (as a user picks it in the list)."""
+        steps = [s for s, _ in reversed(self.entries)]
+        self.combo.setCurrentIndex(steps.index(int(step)))
+
+    def set_busy(self, busy: bool):
+        self._busy = busy
+        self.combo.setEnabled(not busy and bool(self.entries))
+        self.use_btn.setEnabled(not busy and bool(self.entries))
+
+    def _show(self):
+        self.combo.clear()
+        self.combo.addItems([f"step {s}" for s, _ in reversed(self.entries)])  # newest first
+        self.set_busy(self._busy)
 
 
 class ModelRow(QWidget):
