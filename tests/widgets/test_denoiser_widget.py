@@ -196,3 +196,24 @@ def test_channels_first_and_a_stack_of_frames(qtbot, widget, cells):
     assert widget.model.mode == "n2n" and widget.model.n_channels == 1
     out = viewer.layers["frames denoised"].data
     assert out.shape == (3, 96, 96) and np.all(out.std(axis=(1, 2)) > 0)  # every frame denoised
+
+
+def test_go_back_to_an_earlier_preview_after_training(qtbot, widget, cells):
+    """The denoiser keeps every preview's weights too: going back to one
+    denoises the layer again with them and says so."""
+    viewer = widget.viewer
+    widget.tta_check.setChecked(False)
+    qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert [s for s, _ in widget.history.entries] == [10, 20, 30, 40, 50, 60]
+    final = np.asarray(viewer.layers["noisy denoised"].data).copy()
+    widget.history.choose(10)
+    qtbot.mouseClick(widget.history.use_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.status.text().startswith("Went back to the weights previewed at step 10. Denoised noisy")
+    back = np.asarray(viewer.layers["noisy denoised"].data)
+    np.testing.assert_allclose(back, widget.model.denoise(np.asarray(viewer.layers["noisy"].data), tta=False),
+                               rtol=1e-5, atol=1e-3)
+    assert not np.allclose(back, final, atol=1e-3)  # other weights, another result

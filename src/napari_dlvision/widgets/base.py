@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QWidget
 from ..core.errors import UserInputError
 from .gc_pauses import freeze_long_lived, thaw_then_refreeze, watch_layer_removals
 from .jobs import JobRunner, describe_error
-from .parts import LayerPicker
+from .parts import LayerPicker, PreviewHistory
 
 
 class ModelWidget(QWidget):
@@ -28,6 +28,8 @@ class ModelWidget(QWidget):
         self.runner = JobRunner(on_error=self._job_failed, on_state=self._set_busy)
         self.pickers: list[LayerPicker] = []
         self.panel = None  # a RunPanel, made by the subclass
+        self.history = None  # a PreviewHistory, for widgets whose training shows previews
+        self._history_image = None  # the layer those previews showed
         self._cleanups = []
         self._closed = False
         freeze_long_lived()  # napari's start-up objects: full collections stop freezing the viewer
@@ -75,6 +77,8 @@ class ModelWidget(QWidget):
     def _set_busy(self, busy: bool):
         if self.panel is not None:
             self.panel.set_busy(busy)
+        if self.history is not None:
+            self.history.set_busy(busy)
 
     def _job_failed(self, message, job):
         if not self._closed:
@@ -108,6 +112,40 @@ class ModelWidget(QWidget):
             text = (f"Step {ev.done}/{ev.total}{total}, loss {ev.smoothed_loss:{loss_format}}{figures}, "
                     f"{ev.seconds:.0f} s")
         self.panel.show_progress(ev, step_offset=offset, status=text)
+
+    # -- previews to go back to ----------------------------------------------
+    def add_preview_history(self, layout) -> PreviewHistory:
+        """The Previews row (the weights of each training preview, to go back to) in `layout`."""
+        self.history = PreviewHistory(self.go_back)
+        layout.addWidget(self.history)
+        return self.history
+
+    def begin_preview_history(self, image, resume: bool):
+        """A new run starts a new list (Continue training goes on with it)."""
+        if not resume:
+            self.history.clear()
+        self._history_image = image
+
+    def keep_preview(self, ev, offset: int):
+        """Add a training event's preview weights (the shared loop sends them) to the list."""
+        if ev.stage == "training" and isinstance(ev.payload, dict) and "weights" in ev.payload:
+            self.history.add(offset + ev.done, ev.payload["weights"])
+
+    def go_back(self, step: int, weights: dict):
+        """Keep the weights the preview of `step` showed, and predict its image with them again."""
+        if self.busy():
+            return None
+        if self.model is None or getattr(self.model, "net", None) is None:
+            return self.error(f"train a {self.WHAT} first")
+        net = self.model.net
+        device = next(net.parameters()).device
+        net.load_state_dict({k: v.to(device) for k, v in weights.items()})
+        self.model.training = {**self.model.training, "kept": f"the weights previewed at step {step} (chosen)"}
+        note = f"Went back to the weights previewed at step {step}. "
+        image = self._history_image
+        if image is None or image not in self.viewer.layers:
+            return self.say(note)
+        return self.predict_layer(image, note)
 
     @staticmethod
     def training_note(training: dict) -> str:
@@ -169,6 +207,8 @@ class ModelWidget(QWidget):
         except UserInputError as e:
             return self.error(str(e))
         self.model = model
+        if self.history is not None:
+            self.history.clear()  # those previews were another model's
         self.on_model_loaded(model, Path(path))
         return model
 

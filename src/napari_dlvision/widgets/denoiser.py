@@ -94,6 +94,7 @@ class DenoiserWidget(ModelWidget):
         self.stop_btn, self.progress, self.status, self.plot = (
             self.panel.stop_btn, self.panel.progress, self.panel.status, self.panel.plot)
         lay.addWidget(self.panel)
+        self.add_preview_history(lay)
         lay.addWidget(ModelRow("denoiser", "denoiser.dlv", self.save_model, self.load_model))
         self.apply_picker = self.picker(Image, accept=is_input)
         lay.addWidget(ApplyRow(self.apply_picker, self.predict_layer, self.predict_folder,
@@ -171,6 +172,7 @@ class DenoiserWidget(ModelWidget):
             return self.error(str(e))
         if not resume:
             self.plot.clear()
+        self.begin_preview_history(noisy, resume)
         ndim = np.ndim(data) - (layout.axis is not None) - layout.frames
         view = {"ndim": ndim}
         self._begin_output(noisy)
@@ -197,6 +199,7 @@ class DenoiserWidget(ModelWidget):
 
     def _on_train_event(self, ev, job):
         self.show_training_step(ev, job.context["offset"], ".4g")
+        self.keep_preview(ev, job.context["offset"])
         preview = ev.payload.get("preview") if isinstance(ev.payload, dict) else None
         if preview is not None:
             self._write(job.context["image"], preview, refresh=True)

@@ -20,7 +20,7 @@ from .base import ModelWidget
 from .layers import image_input
 from .lazy_layers import LazyPredictions, is_lazy
 from .outputs import PixelOutputs
-from .parts import ApplyRow, Field, ModelRow, PreviewHistory, RunPanel, SettingsForm
+from .parts import ApplyRow, Field, ModelRow, RunPanel, SettingsForm
 
 MODES = {"Sparse strokes (classes 1..K)": "sparse", "Dense instance masks": "dense"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -105,9 +105,7 @@ class UNetWidget(ModelWidget):
         self.stop_btn, self.progress, self.status, self.plot = (
             self.panel.stop_btn, self.panel.progress, self.panel.status, self.panel.plot)
         lay.addWidget(self.panel)
-        self.history = PreviewHistory(self.go_back)
-        self._history_image = None  # the layer the previews showed
-        lay.addWidget(self.history)
+        self.add_preview_history(lay)
         lay.addWidget(ModelRow("U-Net", "unet.dlv", self.save_model, self.load_model))
         self.export_run_btn = QPushButton("Export run for the command line…")
         self.export_run_btn.setToolTip("Write the image, the labels and a run file into an empty folder; "
@@ -204,8 +202,7 @@ class UNetWidget(ModelWidget):
             return self.error(str(e))
         if not resume:
             self.plot.clear()
-            self.history.clear()
-        self._history_image = image
+        self.begin_preview_history(image, resume)
         holder = {}
         gen = _train_job(holder, self.model if resume else None, preset, self.mode(), settings["device"],
                          images, labels, axis, spacing, settings, names)
@@ -219,28 +216,7 @@ class UNetWidget(ModelWidget):
         preview = ev.payload.get("preview") if ev.payload else None
         if preview is not None and job.context["image"] is not None:
             self.outputs.write_all(preview)
-        if ev.stage == "training" and ev.payload and "weights" in ev.payload:
-            self.history.add(job.context["offset"] + ev.done, ev.payload["weights"])
-
-    def _set_busy(self, busy: bool):
-        super()._set_busy(busy)
-        self.history.set_busy(busy)
-
-    def go_back(self, step: int, weights: dict):
-        """Keep the weights the preview of `step` showed, and predict with them again."""
-        if self.busy():
-            return None
-        if self.model is None or self.model.net is None:
-            return self.error("train a U-Net first")
-        net = self.model.net
-        device = next(net.parameters()).device
-        net.load_state_dict({k: v.to(device) for k, v in weights.items()})
-        self.model.training = {**self.model.training, "kept": f"the weights previewed at step {step} (chosen)"}
-        note = f"Went back to the weights previewed at step {step}. "
-        image = self._history_image
-        if image is None or image not in self.viewer.layers:
-            return self.say(note)
-        return self.predict_layer(image, note)
+        self.keep_preview(ev, job.context["offset"])
 
     def _on_train_end(self, job):
         seg = job.context["holder"].get("segmenter")
@@ -286,7 +262,6 @@ class UNetWidget(ModelWidget):
         if seg.mode == "sparse":
             self.class_table.set_names(seg.class_names + self.class_table.names()[len(seg.class_names):])
         self.plot.clear()
-        self.history.clear()  # those previews were another model's
         self.say(f"Loaded {path.name}: {seg.ndim}D U-Net, {seg.mode} mode, {seg.n_classes} classes, "
                  f"trained {seg.training.get('steps_total', '?')} steps.")
 
