@@ -247,3 +247,9 @@ def test_after_stop_the_user_can_go_back_to_any_preview_they_saw(qtbot, widget, 
     wait_idle(qtbot, widget)
     assert widget.segmenter.training["steps_total"] == total + 10
     assert [s for s, _ in widget.history.entries][-1] == total + 10  # the list goes on with the run
+
+    import torch  # loaded by the worker already
+
+    # Weights of another network (a failed run, another file) are refused in one line, not loaded.
+    assert widget.go_back(5, {"other": torch.zeros(3)}) is None
+    assert "previews were of another U-Net" in widget.last_error and not widget.history.entries

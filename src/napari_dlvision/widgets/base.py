@@ -126,6 +126,11 @@ class ModelWidget(QWidget):
             self.history.clear()
         self._history_image = image
 
+    def end_preview_history(self, job):
+        """A run that failed kept no model: its previews are not this model's."""
+        if job.error is not None and not job.context.get("resume"):
+            self.history.clear()
+
     def keep_preview(self, ev, offset: int):
         """Add a training event's preview weights (the shared loop sends them) to the list."""
         if ev.stage == "training" and isinstance(ev.payload, dict) and "weights" in ev.payload:
@@ -138,6 +143,10 @@ class ModelWidget(QWidget):
         if self.model is None or getattr(self.model, "net", None) is None:
             return self.error(f"train a {self.WHAT} first")
         net = self.model.net
+        state = net.state_dict()
+        if state.keys() != weights.keys() or any(state[k].shape != v.shape for k, v in weights.items()):
+            self.history.clear()
+            return self.error(f"those previews were of another {self.WHAT}; train again to preview this one")
         device = next(net.parameters()).device
         net.load_state_dict({k: v.to(device) for k, v in weights.items()})
         self.model.training = {**self.model.training, "kept": f"the weights previewed at step {step} (chosen)"}

@@ -206,6 +206,7 @@ class DenoiserWidget(ModelWidget):
         self._update_view(job.context["view"], job.context["image"], job.context["layout"])
 
     def _on_train_end(self, job):
+        self.end_preview_history(job)
         d = job.context["holder"].get("denoiser")
         if d is None or d.net is None or job.error is not None:
             return

@@ -209,7 +209,7 @@ class UNetWidget(ModelWidget):
         if image is not None:
             self.outputs.begin(image, names or ["background", "interior", "boundary"], self.inputs.labels_picker.value)
         return self.start(gen, self._on_train_event, self._on_train_end, holder=holder, image=image,
-                          offset=self.plot.last_step if resume else 0)
+                          offset=self.plot.last_step if resume else 0, resume=resume)
 
     def _on_train_event(self, ev, job):
         self.show_training_step(ev, job.context["offset"])
@@ -219,6 +219,7 @@ class UNetWidget(ModelWidget):
         self.keep_preview(ev, job.context["offset"])
 
     def _on_train_end(self, job):
+        self.end_preview_history(job)
         seg = job.context["holder"].get("segmenter")
         if seg is None or seg.net is None or job.error is not None:
             return
