@@ -6,7 +6,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-from widget_helpers import wait_idle
+from widget_helpers import assert_denoised_alike, wait_idle
 
 from napari_dlvision.core.lazy import block_regions
 from napari_dlvision.core.pixel_classifier import PixelClassifier
@@ -147,7 +147,7 @@ def test_unet_and_denoiser_widgets_predict_a_dask_layer_as_in_memory(make_napari
             # The noisy values are put back with numbers fitted on each path's
             # own network output; those differ in float rounding (tiles against
             # blocks), so the results agree to float precision, not bit for bit.
-            np.testing.assert_allclose(got, den.denoise(s.image), rtol=1e-4, atol=1e-4)
+            assert_denoised_alike(got, den.denoise(s.image))
         else:
             np.testing.assert_array_equal(got, seg.predict(s.image))
         assert "block by block" in w.panel.status.text() and w.lazy.save_btn.isEnabled()
