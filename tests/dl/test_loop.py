@@ -80,6 +80,14 @@ def test_ema_weights_are_previewed_and_kept_when_stopped():
         torch.testing.assert_close(weights["weight"], preview.cpu())
     assert not torch.equal(snapshots[0]["weight"], snapshots[-1]["weight"])
 
+def test_previews_can_go_without_a_weight_copy():
+    net, batches, loss_fn, _ = _problem()
+    payloads = [ev.payload for ev in fit(net, batches, loss_fn, FitSettings(steps=20, batch_size=8, preview_every=5),
+                                         preview=lambda model: 1, preview_weights=False)
+                if ev.stage == "training" and ev.payload]
+    assert payloads == [{"preview": 1}] * 4
+
+
 
 def test_ema_warmup_keeps_little_of_the_random_start_in_short_runs():
     from napari_dlvision.dl.loop import ema_decay

@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..core import modelfile, reinclusion
 from ..core.errors import UserInputError

@@ -20,7 +20,7 @@ Calling it again on the same denoiser continues from its weights.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,13 +32,13 @@ from .blind_spot import blind_spot_batch, check_settings
 from .denoise import Denoiser
 from .devices import free_memory, pick_device
 from .distributed import data_seed
-from .loop import FitSettings, fit
+from .loop import KindSettings, fit
 
 DEFAULT_PATCH = {2: 64, 3: 32}
 
 
 @dataclass
-class DenoiseSettings:
+class DenoiseSettings(KindSettings):
     steps: int = 400
     patch_size: int | tuple | None = None  # per axis; None: 64 in 2D, 32 in 3D; clipped to the images
     batch_size: int = 0  # 0: from the device's free memory (16 on CPU and MPS)
@@ -63,19 +63,8 @@ class DenoiseSettings:
 
     def check(self):
         check_settings(self.masked_fraction, self.radius, self.replacement, self.channels)
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 0 <= self.batch_size <= 4096:
-            raise UserInputError("batch size must be 1..4096 (or 0 for automatic)")
+        self.check_batch_size()
         self.fit_settings(1).check()
-
-    def fit_settings(self, batch_size: int) -> FitSettings:
-        common = {f.name for f in fields(FitSettings)} & {f.name for f in fields(self)}
-        return FitSettings(**{k: getattr(self, k) for k in common} | {"batch_size": batch_size})
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        if isinstance(d["patch_size"], tuple):
-            d["patch_size"] = list(d["patch_size"])
-        return d
 
 
 def auto_batch_size(device, patch, base_channels: int, cap: int = 64) -> int:

@@ -15,7 +15,7 @@ it again on the same detector continues from its weights.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,13 +29,13 @@ from .box_sampler import BORDER_FRACTION, BoxAugmentation, BoxPatchSampler
 from .detector import Detector, select
 from .devices import pick_device
 from .distributed import data_seed
-from .loop import FitSettings, fit
+from .loop import FitSettings, KindSettings, fit
 
 EMPTY_PLANES = ("skip", "negative")
 
 
 @dataclass
-class DetectSettings:
+class DetectSettings(KindSettings):
     steps: int = 400
     patch_size: int = 0  # 0: from the objects' sizes (at least 64; 128 for torchvision's detectors)
     batch_size: int = 0  # 0: from the patch, about 8 x 64^2 pixels (U-Net) or 4 x 128^2 (torchvision)
@@ -75,13 +75,7 @@ class DetectSettings:
         return BoxAugmentation(self.flips, self.rot90, float(self.scale), self.intensity)
 
     def fit_settings(self, batch_size: int, lr: float) -> FitSettings:
-        common = {f.name for f in fields(FitSettings)} & {f.name for f in fields(self)}
-        s = FitSettings(**{k: getattr(self, k) for k in common} | {"batch_size": batch_size, "lr": lr})
-        s.warmup = self.warmup or max(1, min(50, int(0.05 * self.steps)))
-        return s
-
-    def to_json(self) -> dict:
-        return asdict(self)
+        return super().fit_settings(batch_size, lr=lr, warmup=self.warmup or max(1, min(50, int(0.05 * self.steps))))
 
 
 # -- data -----------------------------------------------------------------------------
@@ -265,4 +259,5 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
     if notes:
         start = "; ".join(notes) + ". " + start
     yield from fit(net, batches, loss_fn, settings.fit_settings(batch, lr), validate=validate if val else None,
-                   preview=preview, start_message=start, on_end=on_end)
+                   preview=preview, start_message=start, on_end=on_end,
+                   preview_weights=False)  # no preview history for boxes: no copy of big backbones

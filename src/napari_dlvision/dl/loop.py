@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -109,6 +109,27 @@ class FitSettings:
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
+class KindSettings:
+    """Base of a model kind's training settings (a dataclass sharing some field
+    names with FitSettings): the loop's settings from those fields, the JSON
+    kept in the model file, and the batch-size bound every kind shares."""
+
+    def fit_settings(self, batch_size: int, **override) -> FitSettings:
+        common = {f.name for f in fields(FitSettings)} & {f.name for f in fields(self)}
+        return FitSettings(**{k: getattr(self, k) for k in common} | {"batch_size": batch_size} | override)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        if isinstance(d.get("patch_size"), tuple):
+            d["patch_size"] = list(d["patch_size"])
+        return d
+
+    def check_batch_size(self):
+        v = self.batch_size
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4096:
+            raise UserInputError(f"batch size must be a whole number 0..4096 (0: automatic), got {v!r}")
+
+
 def cpu_bf16_supported() -> bool:
     """True where oneDNN runs bfloat16 natively (AVX-512 BF16 or AMX); elsewhere it is emulated and slow."""
     try:
@@ -183,14 +204,15 @@ class _Averaged(torch.nn.Module):
 
 
 def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, validate=None, preview=None,
-        start_message: str = "", on_end=None):
+        start_message: str = "", on_end=None, preview_weights: bool = True):
     """Train `net`; a generator of Progress events (see the module docstring).
 
     validate(net) -> {metric name: value}, higher is better for the first
     one; preview(net) -> any payload shown to the user; both get the
     weights that would be kept now, in eval mode. A preview's event carries
     {"preview": that payload, "weights": those weights' state dict, on the
-    CPU}, so a consumer can go back to what it showed. on_end(report) runs when
+    CPU}, so a consumer can go back to what it showed (`preview_weights=False`:
+    no copy, for kinds without such a history). on_end(report) runs when
     the loop ends for any reason, after the kept weights are in `net`.
     """
     settings.check()
@@ -289,7 +311,9 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             if preview is not None and settings.preview_every and step % settings.preview_every == 0:
                 # The weights shown travel with their preview (a copy in CPU memory), so
                 # a user can go back to any preview they saw (the widgets' history).
-                payload = {"preview": evaluated(preview), "weights": _copy_state(current(), "cpu")}
+                payload = {"preview": evaluated(preview)}
+                if preview_weights:
+                    payload["weights"] = _copy_state(current(), "cpu")
             seconds = clock() - t0
             if over:
                 stopped = "time limit"

@@ -14,7 +14,7 @@ the same segmenter continues from its weights with a fresh optimiser.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from ..core.metrics import iou
 from .augment import Augmentation, patch_edges
 from .devices import check_fits_in_ram, free_memory, pick_device
 from .distributed import data_seed
-from .loop import FitSettings, fit
+from .loop import KindSettings, fit
 from .segmenter import UNetSegmenter
 from .targets import IGNORE, balanced_weights, class_counts, dense_targets, sparse_targets
 
@@ -36,7 +36,7 @@ DEFAULT_PATCH = {2: 64, 3: 32}  # small patches, many steps: best from strokes o
 
 
 @dataclass
-class TrainSettings:
+class TrainSettings(KindSettings):
     steps: int = 500
     patch_size: int | tuple | None = None  # per axis; None: 64 in 2D, 32 in 3D; clipped to the images
     batch_size: int = 0  # 0: chosen from the device's free memory (8 on CPU and MPS)
@@ -76,22 +76,11 @@ class TrainSettings:
                 raise UserInputError(f"{name.replace('_', ' ')} must be a number in range, got {v!r}")
         if not (isinstance(self.labelled_fraction, (int, float)) and 0 <= self.labelled_fraction <= 1):
             raise UserInputError("labelled_fraction must be between 0 and 1")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 0 <= self.batch_size <= 4096:
-            raise UserInputError("batch size must be 1..4096 (or 0 for automatic)")
+        self.check_batch_size()
         self.fit_settings(1).check()
 
     def augmentation(self) -> Augmentation:
         return Augmentation(self.flips, self.rot90, self.intensity, self.elastic)
-
-    def fit_settings(self, batch_size: int) -> FitSettings:
-        common = {f.name for f in fields(FitSettings)} & {f.name for f in fields(self)}
-        return FitSettings(**{k: getattr(self, k) for k in common} | {"batch_size": batch_size})
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        if isinstance(d["patch_size"], tuple):
-            d["patch_size"] = list(d["patch_size"])
-        return d
 
 
 def training_bytes_per_sample(patch, base_channels: int) -> int:

@@ -23,7 +23,7 @@ import torch
 from ..core import modelfile
 from ..core.errors import UserInputError
 from ..core.events import Progress
-from ..core.images import as_channels_first, check_spacing
+from ..core.images import as_channels_first
 from ..core.instances import instances_from_interior, instances_from_segmentation
 from ..core.labels import class_names_for
 from ..core.normalisation import Normalisation

@@ -8,10 +8,8 @@ The user's annotation layer is only ever read.
 from __future__ import annotations
 
 import threading
-import time
 
-import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Image
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QCheckBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout
 
