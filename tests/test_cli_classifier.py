@@ -91,3 +91,21 @@ def test_cifar_binary_train_and_refusals(tmp_path):
     py.mkdir()
     (py / "data_batch_1").write_bytes(pickle.dumps({"labels": [1]}))
     one_line_error(dlvision("train", "classifier", "--data", py, "--out", out), "never unpickled")
+
+
+def test_tiny_images_one_step_runs_and_bad_seeds(tmp_path):
+    x, y, names = toy_classes(n_per_class=6, size=8, n_classes=2, seed=3)
+    write_class_folders(tmp_path / "tiny", x, y, names)
+    # The default architecture halves four times: 8 x 8 images are refused before training, not by torch.
+    one_line_error(dlvision("train", "classifier", "--data", tmp_path / "tiny", "--out", tmp_path / "m.dlv"),
+                   "the fast CNN needs images of at least 9 x 9 pixels, got 8x8")
+    # One optimiser step in all (12 images, one epoch): the schedule had a division by zero.
+    x, y, names = toy_classes(n_per_class=6, size=16, n_classes=2, seed=3)
+    write_class_folders(tmp_path / "few", x, y, names)
+    r = dlvision("train", "classifier", "--data", tmp_path / "few", "--out", tmp_path / "one.dlv", "--epochs", 1,
+                 "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "one.dlv").is_file()
+    for seed in ("-1", "99999999999999999999"):
+        one_line_error(dlvision("train", "classifier", "--data", tmp_path / "few", "--out", tmp_path / "s.dlv",
+                                "--seed", seed), "--seed")

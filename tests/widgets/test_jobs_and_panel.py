@@ -103,3 +103,18 @@ def test_the_preview_history_stays_bounded_keeps_the_first_and_newest_and_goes_b
     history.choose(history.entries[0][0])
     history.use_btn.click()
     assert chosen == [history.entries[0]]
+
+
+def test_a_job_failing_with_a_runtime_error_ends_and_is_reported(qtbot):
+    # superqt's workers end silently on a RuntimeError (torch's usual error type):
+    # the widget stayed busy for good, and Stop could not free it.
+    def gen():
+        yield Progress("training", 1, 2)
+        raise RuntimeError("Given input size: (64x1x1). Calculated output size: (64x0x0)")
+
+    errors, ended = [], []
+    runner = JobRunner(on_error=lambda m, j: errors.append(m))
+    runner.start(gen(), lambda ev, job: None, on_end=lambda job: ended.append(job.error))
+    qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
+    assert errors == ["RuntimeError: Given input size: (64x1x1). Calculated output size: (64x0x0)"]
+    assert ended == errors

@@ -50,7 +50,7 @@ def training_options(p, steps: int):
     p.add_argument("--time-limit", type=positive_float, default=None, metavar="SECONDS",
                    help="stop at this wall time and keep the weights chosen so far")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
     distributed_option(p)
 
 

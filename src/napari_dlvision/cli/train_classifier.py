@@ -34,7 +34,7 @@ def add_arguments(p):
     p.add_argument("--width", type=int_in(4, 4096), default=None, help="network width (default: the arch's)")
     p.add_argument("--no-augment", action="store_true", help="no flips or shifts")
     p.add_argument("--init", type=Path, default=None, help="continue training this classifier model file")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
 
 
 def run(args):

@@ -168,6 +168,9 @@ def build(arch: str, n_channels: int, size: tuple[int, int], n_classes: int, wid
         raise UserInputError(f"width must be 4..4096, got {width}")
     if arch in ("cnn", "cnn-bn") and min(h, w) < 8:
         raise UserInputError("the CNNs need images of at least 8 x 8 pixels")
+    if arch == "fast" and min(h, w) < 9:  # its four halvings leave nothing of smaller images
+        raise UserInputError(f"the fast CNN needs images of at least 9 x 9 pixels, got {h}x{w}; "
+                             "choose cnn (from 8 x 8), mlp or logreg for smaller ones")
     d = n_channels * h * w
     estimate = {
         "logreg": d * n_classes, "mlp": d * width + width * width // 2,

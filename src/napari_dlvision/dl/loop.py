@@ -71,6 +71,7 @@ class FitSettings:
                 raise UserInputError(f"{name} must be {kind} between {lo:g} and {hi:g}, got {value!r}")
 
         number("steps", self.steps, 1, 10_000_000, integer=True)
+        number("seed", self.seed, 0, 2**32 - 1, integer=True)
         number("batch size", self.batch_size, 1, 4096, integer=True)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 10):
             raise UserInputError(f"learning rate must be a positive number up to 10, got {self.lr!r}")
@@ -100,7 +101,7 @@ class FitSettings:
         total = max(1, int(self.steps))
         if self.schedule == "onecycle":
             peak = max(1, int(0.25 * total))
-            return 0.1 + 0.9 * step / peak if step < peak else max(0.02, (total - step) / (total - peak))
+            return 0.1 + 0.9 * step / peak if step < peak else max(0.02, (total - step) / max(1, total - peak))
         if self.warmup and step < self.warmup:
             return (step + 1) / self.warmup
         if self.schedule == "constant":

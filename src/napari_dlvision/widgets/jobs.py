@@ -75,10 +75,29 @@ class Job:
         return time.perf_counter() - self.t0
 
 
+class JobFailed(Exception):
+    """A job's RuntimeError under another type. superqt's workers take any
+    RuntimeError for "the worker's Qt object was deleted" and end without
+    emitting errored or finished, which would leave the widget busy for good;
+    torch reports most of its failures as RuntimeError."""
+
+    def __init__(self, original: RuntimeError):
+        super().__init__(str(original))
+        self.original = original
+
+
 def _drain(gen, shown: Shown):
     """Generator function wrapping a generator, as napari's workers want; after an
     event with a payload it waits (briefly) until the main thread has shown it."""
-    for n, event in enumerate(gen, 1):
+    events, n = iter(gen), 0
+    while True:
+        try:
+            event = next(events)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            raise JobFailed(e) from e
+        n += 1
         yield event
         if getattr(event, "payload", None):
             shown.wait_for(n, SHOW_WAIT_S)
@@ -140,6 +159,8 @@ class JobRunner:
         self._fail(exc)
 
     def _fail(self, exc):
+        if isinstance(exc, JobFailed):
+            exc = exc.original
         if not isinstance(exc, (UserInputError, MemoryError)):
             log.error("job failed", exc_info=exc)
         job = self.job
