@@ -117,27 +117,64 @@ def export_bioimageio(model, out, name: str | None = None) -> dict:
             test_tensor=bio.FileDescr(source=d / "test_output.npy"),
             postprocessing=post,
         )]
+        # Our own cover: bioimage.io would otherwise draw one into a temporary
+        # folder of its own that is never removed (two per export).
+        write_cover(d / "cover.png", x, y)
         readme = d / "README.md"
         readme.write_text(f"# {name or kind}\n\n{description}\n\nExported by napari-dlvision from its model file; "
                           "the model file's description is in `config.napari_dlvision`.\n")
         text, doi = CITES[kind]
-        descr = bio.ModelDescr(
-            name=name or f"napari-dlvision {kind}",
-            description=description,
-            authors=[bio.Author(name="napari-dlvision user")],
-            cite=[bio.CiteEntry(text=text, doi=doi)],
-            license="BSD-3-Clause",
-            documentation=bio.FileDescr(source=readme),
-            inputs=inputs,
-            outputs=outputs,
-            weights=bio.WeightsDescr(onnx=bio.OnnxWeightsDescr(source=d / "model.onnx", opset_version=18)),
-            config={"napari_dlvision": _jsonable(meta)},
-        )
+        from pydantic import ValidationError
+
+        try:
+            descr = bio.ModelDescr(
+                name=package_name(name, kind),
+                covers=[bio.FileDescr(source=d / "cover.png")],
+                description=description,
+                authors=[bio.Author(name="napari-dlvision user")],
+                cite=[bio.CiteEntry(text=text, doi=doi)],
+                license="BSD-3-Clause",
+                documentation=bio.FileDescr(source=readme),
+                inputs=inputs,
+                outputs=outputs,
+                weights=bio.WeightsDescr(onnx=bio.OnnxWeightsDescr(source=d / "model.onnx", opset_version=18)),
+                config={"napari_dlvision": _jsonable(meta)},
+            )
+        except ValidationError as e:  # one line, not pydantic's report
+            first = e.errors()[0] if e.errors() else {}
+            where = ".".join(str(v) for v in first.get("loc", ()))
+            raise UserInputError(f"bioimage.io refuses the package's description ({where}: "
+                                 f"{first.get('msg', e)}); nothing was written") from None
         report = {"package": _check_package(d, kind, norm, len(spatial)), "bioimageio.core": _core_test(descr)}
         out = Path(out)
         with atomic_output(out) as tmp_zip:
             save_bioimageio_package(descr, output_path=tmp_zip)
     return {"path": str(out), "test": report}
+
+
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
+
+
+def package_name(name: str | None, kind: str) -> str:
+    """bioimage.io's model name (5 to 128 of letters, digits and "_+- ()") from
+    the model file's name: other characters become "_", short names get the kind."""
+    clean = " ".join("".join(ch if ch in NAME_CHARS else "_" for ch in (name or "")).split())
+    if len(clean) < 5:
+        clean = f"{clean} napari-dlvision {kind}".strip()
+    return clean[:128].strip()
+
+
+def write_cover(path: Path, x: np.ndarray, y: np.ndarray):
+    """The test input beside the output's last channel (the middle plane of a volume), grey, 2:1."""
+    from ..core.io import write_image
+
+    def plane(a, channel):
+        a = a[0, channel]
+        a = a[a.shape[0] // 2] if a.ndim == 3 else a
+        lo, hi = np.percentile(a, (1, 99))
+        return (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+    write_image(path, np.hstack([plane(x, 0), plane(y, -1)]))
 
 
 def _identifier(name: str, i: int) -> str:
