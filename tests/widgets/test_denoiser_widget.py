@@ -163,6 +163,16 @@ def test_bad_input_gives_one_message(qtbot, widget, errors_shown):
     wait_idle(qtbot, widget)
     assert "constant" in widget.last_error and len(errors_shown) == 2
     assert widget.model is None
+    # The refused image gets no empty "denoised" layer beside it.
+    assert "flat denoised" not in viewer.layers
+    nan = np.ones((40, 40), np.float32)
+    nan[3, 4] = np.nan
+    viewer.add_image(nan, name="holes")
+    widget.noisy_picker.value = viewer.layers["holes"]
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert "NaN" in widget.last_error and len(errors_shown) == 3
+    assert "holes denoised" not in viewer.layers
     widget.predict_layer(viewer.layers["noisy"])
     assert "train or load a denoiser first" in widget.last_error
 

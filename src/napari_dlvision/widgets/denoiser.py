@@ -175,6 +175,7 @@ class DenoiserWidget(ModelWidget):
         self.begin_preview_history(noisy, resume)
         ndim = np.ndim(data) - (layout.axis is not None) - layout.frames
         view = {"ndim": ndim}
+        created = find_output(self.viewer, self.output_name(noisy)) is None
         self._begin_output(noisy)
         self._update_view(view, noisy, layout)
         holder = {}
@@ -182,7 +183,8 @@ class DenoiserWidget(ModelWidget):
                         settings["device"], data, other, layout, spacing, settings, view,
                         self.reinclude_check.isChecked())
         return self.start(gen, self._on_train_event, self._on_train_end, holder=holder, image=noisy,
-                          layout=layout, view=view, resume=resume, offset=self.plot.last_step if resume else 0)
+                          layout=layout, view=view, resume=resume, offset=self.plot.last_step if resume else 0,
+                          created=created)
 
     def _update_view(self, view, layer, layout):
         """Tell the worker which region (and frame) is on screen, for the next preview."""
@@ -203,15 +205,18 @@ class DenoiserWidget(ModelWidget):
         preview = ev.payload.get("preview") if isinstance(ev.payload, dict) else None
         if preview is not None:
             self._write(job.context["image"], preview, refresh=True)
+            job.context["written"] = True
         self._update_view(job.context["view"], job.context["image"], job.context["layout"])
 
     def _on_train_end(self, job):
         self.end_preview_history(job)
         d = job.context["holder"].get("denoiser")
         if d is None or d.net is None or job.error is not None:
+            self._drop_empty_output(job)
             return
         t = d.training
         if not t.get("steps") and not job.context["resume"]:
+            self._drop_empty_output(job)
             self.say("Stopped before the first training step ended: no denoiser was kept.")
             return
         self.model = d  # the kept weights are in it now
@@ -220,6 +225,14 @@ class DenoiserWidget(ModelWidget):
     # -- output layer -----------------------------------------------------------
     def output_name(self, layer) -> str:
         return f"{layer.name} denoised"
+
+    def _drop_empty_output(self, job):
+        """A refused or stopped run leaves no empty output layer behind (one it made, nothing written in)."""
+        if not job.context["created"] or job.context.get("written"):
+            return
+        out = find_output(self.viewer, self.output_name(job.context["image"]))
+        if out is not None:
+            self.viewer.layers.remove(out)
 
     def _begin_output(self, layer):
         shape = tuple(layer.data.shape)
