@@ -59,6 +59,17 @@ def test_train_previews_then_final_prediction(qtbot, widget, small):
     assert viewer.layers.selection.active is viewer.layers["cells annotations"]
 
 
+def test_the_layer_the_user_selects_while_training_stays_selected(qtbot, widget):
+    viewer = widget.viewer
+    qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
+    viewer.layers.selection.active = viewer.layers["cells"]  # to change its contrast, say
+    qtbot.waitUntil(lambda: "cells segmentation (U-Net)" in viewer.layers, timeout=TIMEOUT_MS)
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert "cells instances (U-Net)" in viewer.layers
+    assert viewer.layers.selection.active is viewer.layers["cells"]
+
+
 def test_class_names_are_shared_with_the_forest_widget(qtbot, widget):
     from napari_dlvision.widgets.pixel_classifier import PixelClassifierWidget
 

@@ -80,7 +80,8 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
     `like` (an image layer) lends its scale and translation; `create_kw`
     (colormap, opacity, visible, ...) applies when the layer is created, so
     the user's later changes to it stay. `keep_selected` (the user's
-    annotation layer) stays above the outputs and selected, so painting goes on.
+    annotation layer) stays above the outputs; the selection stays the user's
+    (that layer while they paint), never the new output, so painting goes on.
     """
     if layer_type not in LAYER_TYPES:
         raise ValueError(f"layer_type must be one of {LAYER_TYPES}")
@@ -119,10 +120,14 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
     if keep is None:
         viewer.layers.insert(where, layer)
         return layer
+    before = viewer.layers.selection.active
     with _not_activated(viewer.layers):
         viewer.layers.insert(where, layer)
-    if viewer.layers.selection.active is not keep:
-        viewer.layers.selection.active = keep
+    # The user's choice stands (they may have picked the image to change its
+    # contrast while training runs); napari's own pick of the new layer does not.
+    after = viewer.layers.selection.active
+    if after is not before:
+        viewer.layers.selection.active = before if before is not None and before in viewer.layers else keep
     return layer
 
 
