@@ -4,6 +4,8 @@ run panel draws them (both shape how responsive the viewer stays)."""
 import threading
 import time
 
+import pytest
+
 from napari_dlvision.core.events import Progress
 from napari_dlvision.widgets.jobs import JobRunner
 from napari_dlvision.widgets.parts import PreviewHistory, RunPanel
@@ -118,3 +120,20 @@ def test_a_job_failing_with_a_runtime_error_ends_and_is_reported(qtbot):
     qtbot.waitUntil(lambda: not runner.busy, timeout=10_000)
     assert errors == ["RuntimeError: Given input size: (64x1x1). Calculated output size: (64x0x0)"]
     assert ended == errors
+
+
+@pytest.mark.parametrize("name", ["pixel_classifier.PixelClassifierWidget", "unet_trainer.UNetWidget",
+                                  "classifier.ClassifierWidget", "detector.DetectorWidget", "denoiser.DenoiserWidget"])
+def test_every_dock_fits_a_1000_pixel_screen_by_scrolling(make_napari_viewer, name):
+    import importlib
+
+    module, cls = name.split(".")
+    viewer = make_napari_viewer(show=True)
+    w = getattr(importlib.import_module(f"napari_dlvision.widgets.{module}"), cls)(viewer)
+    viewer.window.add_dock_widget(w)
+    content = w._scroll.widget()
+    # The dock asks for little height (it scrolls) and for its content's full width (no sideways scrolling).
+    assert w.minimumSizeHint().height() < 400
+    assert w.minimumSizeHint().width() >= content.minimumSizeHint().width()
+    viewer.window._qt_window.resize(1400, 900)
+    assert viewer.window._qt_window.height() <= 1000

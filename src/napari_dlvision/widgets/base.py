@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QWidget
+from qtpy.QtCore import QEvent, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ..core.errors import UserInputError
 from .gc_pauses import freeze_long_lived, thaw_then_refreeze, watch_layer_removals
@@ -36,6 +36,30 @@ class ModelWidget(QWidget):
         watch_layer_removals(napari_viewer)
 
     # -- parts -------------------------------------------------------------
+    def scrolling_layout(self) -> QVBoxLayout:
+        """The layout to build the dock in, inside a vertical scroll area: a dock
+        taller than the screen scrolls instead of pushing the window's lower
+        buttons off it (the detector's dock needs about 1070 pixels)."""
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self._scroll = QScrollArea()
+        self._scroll.setWidgetResizable(True)
+        self._scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self._scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content = QWidget()
+        self._scroll.setWidget(content)
+        outer.addWidget(self._scroll)
+        return QVBoxLayout(content)
+
+    def minimumSizeHint(self):
+        # No sideways scrolling: the dock is as wide as its content needs, plus the scroll bar.
+        hint = super().minimumSizeHint()
+        area = getattr(self, "_scroll", None)
+        if area is not None:
+            hint.setWidth(max(hint.width(), area.widget().minimumSizeHint().width()
+                              + area.verticalScrollBar().sizeHint().width()))
+        return hint
+
     def picker(self, layer_type, on_change=None, **kw) -> LayerPicker:
         p = LayerPicker(self.viewer, layer_type, on_change, **kw)
         self.pickers.append(p)

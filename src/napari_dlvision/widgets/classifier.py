@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton
 
 from ..core.classification import Prediction
 from ..core.errors import UserInputError
@@ -60,7 +60,7 @@ class ClassifierWidget(ModelWidget):
         self.stack = self.annotations = self.view_layer = self.mosaic = None
         self.labels = None  # per image: the labels the last training used
         self.prediction: Prediction | None = None
-        lay = QVBoxLayout(self)
+        lay = self.scrolling_layout()
         row = QHBoxLayout()
         self.image_picker = self.picker(Image, accept=_is_stack)
         open_btn = QPushButton("Open folder…")

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 from napari.layers import Image
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QVBoxLayout
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout
 
 from ..core.errors import UserInputError
 from .base import ModelWidget
@@ -57,7 +57,7 @@ class DenoiserWidget(ModelWidget):
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
-        lay = QVBoxLayout(self)
+        lay = self.scrolling_layout()
         self._form = form = QFormLayout()
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(list(MODES))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton
 
 from ..core.errors import UserInputError
 from ..dl.detector_archs import ARCHS, DEFAULT_ARCH, PRETRAINED
@@ -81,7 +81,7 @@ class DetectorWidget(ModelWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self._watched, self._ready = None, False  # pickers report their first layer before the rest exists
-        lay = QVBoxLayout(self)
+        lay = self.scrolling_layout()
         self.image_picker = self.picker(Image, self._image_changed, accept=_not_output)
         self.boxes_picker = self.picker((Shapes, Labels), self._boxes_changed, accept=_not_output,
                                         prefer=lambda la: (not isinstance(la, Shapes), not la.name.endswith("boxes")))

@@ -35,7 +35,7 @@ class PixelClassifierWidget(ModelWidget):
         super().__init__(napari_viewer)
         self._tiles = self._tiles_key = None
         self._tiles_lock = threading.Lock()  # the worker sets the cache, the main thread may drop it
-        lay = QVBoxLayout(self)
+        lay = self.scrolling_layout()
         self.inputs = AnnotationInputs(self, on_paint=self._on_paint)
         lay.addWidget(self.inputs)
         self.class_table = self.inputs.class_table

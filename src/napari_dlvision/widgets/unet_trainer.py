@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton
 
 from ..core.errors import UserInputError
 from .annotations import AnnotationInputs
@@ -73,7 +73,7 @@ class UNetWidget(ModelWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self.folder_data = None  # (images, masks, channel axis) read from a folder
-        lay = QVBoxLayout(self)
+        lay = self.scrolling_layout()
         self.inputs = AnnotationInputs(self)
         self.inputs.image_picker.currentIndexChanged.connect(self._use_layers)
         self.inputs.labels_picker.currentIndexChanged.connect(self._use_layers)
