@@ -149,6 +149,36 @@ def test_new_layer_classes_and_stack(qtbot, make_napari_viewer):
     assert names == ["cell", "dead"] and table.index.tolist() == [2] and table.classes.tolist() == [2]
 
 
+def test_after_the_sample_the_strokes_are_not_taken_for_boxes_nor_truth(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-dlvision", "nuclei-2d")  # image, painted strokes, hidden ground truth
+    w = _dock(viewer)
+    truth = viewer.layers["nuclei ground truth"]
+    assert w.boxes_picker.value is truth and w.gt_picker.value is truth
+    drawn = w.new_boxes()
+    assert w.boxes_picker.value is drawn and w.gt_picker.value is truth
+
+
+def test_boxes_clipped_or_dropped_are_told_in_a_notification(qtbot, make_napari_viewer, scene, monkeypatch):
+    import napari_dlvision.widgets.detector as detector_widget
+
+    told = []
+    monkeypatch.setattr(detector_widget, "show_info", told.append)
+    s, truth = scene
+    viewer = make_napari_viewer()
+    viewer.add_image(s.image, name="cells")
+    boxes = viewer.add_shapes(None, ndim=2, name="my boxes")
+    w = _dock(viewer, steps=2, preview_every=0)
+    rects = boxes_to_rectangles(truth.select(slice(0, 4)))
+    rects += [np.array([[-6, 10], [-6, 20], [6, 20], [6, 10]], float),  # half above the image
+              np.array([[300, 10], [300, 20], [310, 20], [310, 10]], float)]  # wholly below it
+    boxes.add_rectangles(np.asarray(rects))
+    w.train()
+    wait_idle(qtbot, w, TIMEOUT_MS)
+    assert w.last_error is None, w.last_error
+    assert len(told) == 1 and "clipped" in told[0] and "dropped" in told[0], told
+
+
 def test_an_instance_labels_layer_trains_a_detector(qtbot, make_napari_viewer, scene):
     s, truth = scene
     viewer = make_napari_viewer()

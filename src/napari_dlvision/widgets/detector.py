@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton
 
 from ..core.errors import UserInputError
@@ -74,6 +75,27 @@ def _not_output(layer) -> bool:
     return OUTPUT_TAG not in layer.metadata
 
 
+def _named_like(layer, *words) -> bool:
+    name = layer.name.lower()
+    return any(w in name for w in words)
+
+
+STROKE_WORDS = ("annot", "stroke", "scribble")  # a pixel classifier's painted strokes: no boxes in them
+TRUTH_WORDS = ("truth", "ground", "gt", "reference")
+
+
+def _boxes_preference(layer):
+    """Shapes first (named like boxes first); a Labels layer of painted strokes
+    last: its fragments would train as objects."""
+    return (not isinstance(layer, Shapes), _named_like(layer, *STROKE_WORDS), _named_like(layer, *TRUTH_WORDS),
+            not layer.name.lower().endswith("boxes"))
+
+
+def _truth_preference(layer):
+    """A layer named like ground truth first; painted strokes last."""
+    return (not _named_like(layer, *TRUTH_WORDS), _named_like(layer, *STROKE_WORDS), not isinstance(layer, Shapes))
+
+
 class DetectorWidget(ModelWidget):
     KINDS = ("object-detector",)
     WHAT = "detector"
@@ -84,7 +106,7 @@ class DetectorWidget(ModelWidget):
         lay = self.scrolling_layout()
         self.image_picker = self.picker(Image, self._image_changed, accept=_not_output)
         self.boxes_picker = self.picker((Shapes, Labels), self._boxes_changed, accept=_not_output,
-                                        prefer=lambda la: (not isinstance(la, Shapes), not la.name.endswith("boxes")))
+                                        prefer=_boxes_preference)
         new_btn = QPushButton("New")
         new_btn.setToolTip("A Shapes layer to draw boxes on this image (a 3D one for a stack)")
         new_btn.clicked.connect(self.new_boxes)
@@ -105,7 +127,7 @@ class DetectorWidget(ModelWidget):
         self.train_btn, self.continue_btn = self.panel.buttons["Train"], self.panel.buttons["Continue training"]
         self.stop_btn, self.status, self.plot = self.panel.stop_btn, self.panel.status, self.panel.plot
         lay.addWidget(self.panel)
-        self.gt_picker = self.picker((Shapes, Labels), accept=_not_output)
+        self.gt_picker = self.picker((Shapes, Labels), accept=_not_output, prefer=_truth_preference)
         self.review = BoxReview(self, self.gt_picker)
         lay.addWidget(self.review)
         lay.addWidget(ModelRow("detector", "detector.dlv", self.save_model, self.load_model))
@@ -220,6 +242,8 @@ class DetectorWidget(ModelWidget):
         self.model = det
         self.class_table.set_names(det.class_names + self.class_table.names()[len(det.class_names):])
         t = det.training
+        if t.get("notes"):  # boxes clipped or dropped, planes skipped: the status line moved on long ago
+            show_info("Detector training: " + "; ".join(t["notes"]))
         self.training_ended(t, job.context["image"])
 
     # -- prediction and review ---------------------------------------------------------
