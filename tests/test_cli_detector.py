@@ -88,6 +88,16 @@ def test_predict_refuses_pixel_flags_and_non_csv(files):
     assert r.returncode == 1 and "between 0 and 1" in r.stderr
 
 
+def test_a_colour_image_is_refused_by_a_grey_model_not_taken_as_a_stack(files, tmp_path):
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba)
+    out = tmp_path / "boxes.csv"
+    cli_helpers.one_line_error(dlvision("predict", "--model", files / "m.dlv", "--image", tmp_path / "rgba.tif",
+                                        "--out", out),
+                               "trained on grey images")
+    assert not out.exists()
+
+
 def test_a_zarr_image_is_detected_tile_by_tile_with_the_in_memory_boxes(files, tmp_path):
     zarr = pytest.importorskip("zarr")
     big = np.tile(tifffile.imread(files / "a.tif"), (4, 5))  # 320 x 480, read in chunks of 64

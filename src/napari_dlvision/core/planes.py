@@ -97,6 +97,9 @@ def guess_channel_axis(shape, n_channels: int | None) -> int | None:
         return None
     if len(shape) == 3:
         if n_channels == 1:
+            if shape[-1] in (3, 4) and min(shape[:2]) > shape[-1]:  # not a stack of 3 or 4 pixel wide planes
+                raise UserInputError(f"the model was trained on grey images; this image of shape {shape} is "
+                                     "colour (RGB or RGBA): convert it to grey first")
             return None
         if n_channels:
             if shape[-1] == n_channels:
