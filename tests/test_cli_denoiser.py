@@ -133,6 +133,11 @@ def test_noise2void_from_several_images_and_noise2noise_from_folder_pairs(files,
     (second / "f2.tif").unlink()  # a file without its pair
     r = dlvision("train", "denoiser", "--image", first, "--pair", second, "--out", tmp_path / "n2n2.dlv", *BRIEF)
     line = one_line_error(r)
-    assert "f2" in line
+    assert "f2" in line and "no pair for f2" in line
+    # The same noisy data as its own pair: the network would learn to copy the noise.
+    for image, pair in ((d / "a.tif", d / "a.tif"), (first, first)):
+        r = dlvision("train", "denoiser", "--image", image, "--pair", pair, "--out", tmp_path / "self.dlv", *BRIEF)
+        assert "is the --image itself" in one_line_error(r)
+    assert not (tmp_path / "self.dlv").exists()
     r = dlvision("train", "denoiser", "--image", first, "--pair", d / "b.tif", "--out", tmp_path / "x.dlv", *BRIEF)
     assert "give a folder to --pair too" in one_line_error(r)

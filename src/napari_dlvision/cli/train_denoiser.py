@@ -65,12 +65,17 @@ def _expand(images, others, what):
             if others and not others[i].is_dir():
                 raise UserInputError(f"--image {image} is a folder: give a folder to --{what} too")
             files += found
-            matched += [mask_for(f, others[i]) for f in found] if others else []
+            matched += [mask_for(f, others[i], what) for f in found] if others else []
         else:
             if others and others[i].is_dir():
                 raise UserInputError(f"--{what} {others[i]} is a folder but --image {image} is a file")
             files.append(image)
             matched += [others[i]] if others else []
+    for f, m in zip(files, matched):
+        if f.resolve() == Path(m).resolve():  # the same noise twice: the network would learn to copy it
+            raise UserInputError(f"--{what} {m} is the --image itself: give "
+                                 + ("a second noisy acquisition of the same field" if what == "pair"
+                                    else "a clean image of the same field"))
     return files, matched
 
 

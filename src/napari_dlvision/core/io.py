@@ -241,8 +241,8 @@ def channel_axis_for(shape, spatial_ndim: int, n_channels: int | None = None):
     )
 
 
-def mask_for(image_path, masks_dir) -> Path:
-    """The image file in masks_dir with the same stem as image_path.
+def mask_for(image_path, masks_dir, what: str = "mask") -> Path:
+    """The image file in masks_dir with the same stem as image_path (`what`: how messages name it).
 
     Stems are compared as strings, not globbed: `a[1].png` must find
     `a[1].tif`, which a glob pattern would read as a character class.
@@ -256,7 +256,7 @@ def mask_for(image_path, masks_dir) -> Path:
         if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
     )
     if not found:
-        raise UserInputError(f"no mask for {Path(image_path).name} in {masks_dir}")
+        raise UserInputError(f"no {what} for {Path(image_path).name} in {masks_dir}")
     return found[0]
 
 
