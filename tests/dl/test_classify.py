@@ -54,6 +54,19 @@ def test_training_beats_chance_clearly(toy, arch, epochs, floor):
     assert ev.n == 12 and ev.matrix.shape == (3, 3)
 
 
+def test_a_handful_of_validation_images_does_not_pick_the_weights(toy):
+    data, _, _ = toy
+    few = ImageSet(data.images[::5], data.labels[::5], data.class_names, [])  # 24 images: 3 held out
+    clf = ImageClassifier("logreg")
+    events = list(train_classifier(clf, few, ClassifierSettings(arch="logreg", device="cpu", epochs=5,
+                                                                 batch_size=8)))
+    assert "3 validation images are too few to choose the weights by" in events[0].message
+    assert clf.training["validation_images"] == 3
+    assert clf.training["kept"] == "the last weights" and clf.training["best_step"] is None
+    big = run(ImageClassifier("logreg"), data, epochs=2, batch_size=32)  # 12 held out: they choose
+    assert "best validation" in big.payload["report"]["kept"]
+
+
 def test_save_load_round_trip_and_continue(toy, tmp_path):
     data, tx, _ = toy
     clf = ImageClassifier("cnn")

@@ -58,6 +58,16 @@ def test_validation_keeps_the_best_scoring_weights():
     assert [e.metrics.get("score") for e in events if e.stage == "training"][9::10] == [0.2, 0.9, 0.5, 0.1]
 
 
+def test_validation_can_be_shown_without_choosing_the_weights():
+    net, batches, loss_fn, _ = _problem()
+    scores = iter([0.9, 0.5, 0.5, 0.5])
+    events = list(fit(net, batches, loss_fn, FitSettings(steps=40, batch_size=8, lr=0.05, val_every=10),
+                      validate=lambda model: {"score": next(scores)}, choose_by_validation=False))
+    report = events[-1].payload["report"]
+    assert report["kept"] == "the last weights" and report["best_step"] is None
+    assert [e.metrics.get("score") for e in events if e.stage == "training"][9::10] == [0.9, 0.5, 0.5, 0.5]
+
+
 def test_ema_weights_are_previewed_and_kept_when_stopped():
     net, batches, loss_fn, _ = _problem()
     previews = []

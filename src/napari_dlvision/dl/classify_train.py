@@ -53,6 +53,9 @@ RECIPES = {
 }
 GPU_WIDTH = {"fast": 64}  # on a GPU the fast net is as wide as the published recipe
 GPU_BATCH = {"fast": 1024, "resnet18": 512}
+# Fewer held-out images than this score in steps too coarse to pick weights by
+# (2 images: 0, 0.5 or 1); the validation is still shown.
+MIN_VALIDATION_TO_CHOOSE = 10
 
 
 @dataclass
@@ -231,9 +234,13 @@ def train_classifier(clf: ImageClassifier, data, settings: ClassifierSettings | 
     start = (f"training {clf.arch} ({n_parameters(net) / 1e6:.2f} M parameters) on {len(train_idx)} {h}x{w} "
              f"images in {int((counts > 0).sum())} classes, {len(val_labels)} for validation; batch {batch}, "
              f"{epochs:g} epochs{' with flips and shifts' if augment else ''}")
+    if 0 < len(val_labels) < MIN_VALIDATION_TO_CHOOSE:
+        start += (f"; {len(val_labels)} validation images are too few to choose the weights by "
+                  f"(at least {MIN_VALIDATION_TO_CHOOSE}): the last ones are kept")
     for ev in fit(net, source, loss_fn, fit_settings, validate=validate if len(val_labels) else None,
                   preview=preview if preview_images is not None and settings.preview_every else None,
-                  start_message=start, on_end=on_end):
+                  start_message=start, on_end=on_end,
+                  choose_by_validation=len(val_labels) >= MIN_VALIDATION_TO_CHOOSE):
         if ev.stage == "done":
             ev.payload["evaluation"] = None
             if len(val_labels):

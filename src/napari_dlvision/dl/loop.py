@@ -205,7 +205,7 @@ class _Averaged(torch.nn.Module):
 
 
 def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, validate=None, preview=None,
-        start_message: str = "", on_end=None, preview_weights: bool = True):
+        start_message: str = "", on_end=None, preview_weights: bool = True, choose_by_validation: bool = True):
     """Train `net`; a generator of Progress events (see the module docstring).
 
     validate(net) -> {metric name: value}, higher is better for the first
@@ -213,7 +213,10 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
     weights that would be kept now, in eval mode. A preview's event carries
     {"preview": that payload, "weights": those weights' state dict, on the
     CPU}, so a consumer can go back to what it showed (`preview_weights=False`:
-    no copy, for kinds without such a history). on_end(report) runs when
+    no copy, for kinds without such a history). `choose_by_validation=False`:
+    validation figures are shown but do not pick the kept weights (a handful
+    of validation images scores in coarse steps, and the first of the ties,
+    often an early step, would win). on_end(report) runs when
     the loop ends for any reason, after the kept weights are in `net`.
     """
     settings.check()
@@ -306,7 +309,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             if validate is not None and (step % val_every == 0 or step == total or over):
                 metrics = {k: float(v) for k, v in evaluated(validate).items()}
                 score = next(iter(metrics.values()), -math.inf)
-                if math.isfinite(score) and score > best["score"]:
+                if choose_by_validation and math.isfinite(score) and score > best["score"]:
                     best.update(score=score, step=step, state=_copy_state(current()))
             payload = None
             if preview is not None and settings.preview_every and step % settings.preview_every == 0:
