@@ -98,6 +98,25 @@ def test_stack_view_and_clear_messages(qtbot, widget, errors_shown):
     assert widget.model is None
 
 
+def test_labels_painted_in_the_mosaic_count_in_the_stack_view(qtbot, widget, toy):
+    _, truth, _ = toy
+    viewer = widget.viewer
+    qtbot.mouseClick(widget.show_btn, Qt.MouseButton.LeftButton)
+    ann = viewer.layers["toys mosaic annotations"]
+    # The whole mosaic is in view, not one thumbnail at the stack's zoom.
+    from napari_dlvision.widgets.layers import visible_box
+
+    mosaic_layer = viewer.layers["toys mosaic"]
+    assert visible_box(viewer, mosaic_layer, ann.data.shape) == tuple((0, n) for n in ann.data.shape)
+    for k in range(2):
+        paint_thumbnails(ann, widget.mosaic, np.flatnonzero(truth == k)[:3], k + 1)
+    qtbot.waitUntil(lambda: widget.class_table.count(2) == 3, timeout=5000)
+    widget.view_combo.setCurrentText("stack")
+    widget.prepare_view()
+    assert widget.class_table.count(1) == 3 and widget.class_table.count(2) == 3
+    np.testing.assert_array_equal(widget.current_labels()[np.flatnonzero(truth == 1)[:3]], 1)
+
+
 def test_stop_mid_run_keeps_a_model_continue_and_filters(qtbot, widget, toy):
     """Stop pressed during a long run keeps usable weights and predicts; Continue
     goes on where the curve stopped; the unlabelled and low-confidence filters

@@ -139,6 +139,9 @@ class ClassifierWidget(ModelWidget):
             view = "stack"
             self.view_combo.setCurrentText(view)
             self.say(f"{n} images are too many for one mosaic ({MAX_TILES} at most): showing the stack")
+        carried = None  # labels painted in the other view of these images go on counting
+        if self.stack is stack and self.annotations is not None and self.annotations in self.viewer.layers:
+            carried = self.current_labels()
         self._release()
         self.stack, self.prediction, self.labels = stack, None, None
         if view == "mosaic":
@@ -146,6 +149,7 @@ class ClassifierWidget(ModelWidget):
             self.view_layer = show_output(self.viewer, f"{stack.name} mosaic", self.mosaic.assemble(np.asarray(stack.data)),
                                           "image", rgb=stack.rgb, contrast_limits=stack.contrast_limits)
             stack.visible = False
+            self.viewer.reset_view()  # the whole mosaic, not one thumbnail at the stack's zoom
         else:
             self.mosaic, self.view_layer = None, stack
             stack.visible = True
@@ -160,6 +164,8 @@ class ClassifierWidget(ModelWidget):
         self.annotations.events.paint.connect(self._painted)
         self.annotations.events.data.connect(self._painted)
         self.class_table.bind(self.annotations)
+        if carried is not None and (carried >= 0).any():
+            self.file_labels[stack] = carried
         self.viewer.layers.selection.active = self.annotations
         self.annotations.mode, self.annotations.brush_size = "paint", max(2, min(h, w) // 6)
         self.annotations.selected_label = max(1, int(self.annotations.selected_label))
