@@ -45,6 +45,26 @@ def test_mixed_sizes_grey_rgb_and_junk(tmp_path, toy):
     assert "skipped 1 unreadable" in text and "ignored 1 file(s) that are not" in text
 
 
+def test_a_decompression_bomb_is_skipped_with_a_notice(tmp_path, toy, recwarn):
+    import struct
+    import zlib
+
+    images, labels, names = toy
+    write_class_folders(tmp_path, images, labels, names)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # A PNG header declaring 30000 x 30000 pixels: Pillow would decode 900 megapixels.
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    (tmp_path / names[0] / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                                   + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    s = load_image_set(tmp_path)
+    text = " ".join(s.notices)
+    assert len(s) == 12 and f"skipped 1 unreadable image file(s), e.g. {names[0]}/bomb.png (bomb.png is too large" in text
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+
+
 def test_empty_and_single_image_classes(tmp_path, toy):
     with pytest.raises(UserInputError, match="no TIFF, PNG or JPEG"):
         load_image_set(tmp_path)

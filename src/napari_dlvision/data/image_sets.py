@@ -80,9 +80,20 @@ def _read_small(path: Path) -> np.ndarray:
 
         img = read_image(path)
     else:
+        import warnings
+
         from PIL import Image
 
-        with Image.open(path) as im:
+        # Pillow warns above about 89 megapixels and raises above twice that (a
+        # decompression bomb); no image to classify is that big: one line, no decoding.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                im = Image.open(path)
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+                raise UserInputError(f"{path.name} is too large to be an image to classify "
+                                     f"(over {Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)") from None
+        with im:
             if im.mode in ("RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "I;16", "I;16B", "1"):
                 im = im.convert("RGB" if im.mode in ("RGBA", "P", "PA", "CMYK", "YCbCr") else "L")
             img = np.asarray(im)
@@ -143,7 +154,8 @@ def _read_many(files, root: Path, notices, threads=None):
             yield min(len(files), start + step), len(files)
     if bad:
         first = bad[0][0].relative_to(root)
-        notices.append(f"skipped {len(bad)} unreadable image file(s), e.g. {first}")
+        why = str(bad[0][1]) if isinstance(bad[0][1], UserInputError) else type(bad[0][1]).__name__
+        notices.append(f"skipped {len(bad)} unreadable image file(s), e.g. {first} ({why})")
     return out
 
 
