@@ -68,6 +68,9 @@ def test_info_and_wrong_inputs(folders, model, tmp_path):
                    "no TIFF, PNG or JPEG images")
     one_line_error(dlvision("train", "classifier", "--data", folders / "train", "--out", tmp_path / "m.dlv",
                             "--arch", "vgg"), "invalid choice")
+    # Continuing keeps the architecture: another one asked for is refused, not silently ignored.
+    one_line_error(dlvision("train", "classifier", "--data", folders / "train", "--init", model, "--arch", "fast",
+                            "--out", tmp_path / "c.dlv"), "is a cnn-bn classifier, not fast")
 
 
 def test_cifar_binary_train_and_refusals(tmp_path):

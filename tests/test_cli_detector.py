@@ -64,7 +64,11 @@ def test_continue_and_validation(files):
     (["--boxes", "{d}/a.csv", "--out", "{d}/x.dlv"], "at least one --image"),
     (["--image", "{d}/a.tif", "--out", "{d}/x.dlv"], "one --boxes CSV per --image"),
     (["--image", "{d}/a.tif", "--boxes", "{d}/empty.csv", "--out", "{d}/x.dlv"], "no boxes to learn from"),
-    (["--image", "{d}/a.tif", "--boxes", "{d}/a.csv", "--out", "{d}/a.csv"], "would overwrite the input"),
+    (["--image", "{d}/a.tif", "--boxes", "{d}/a.csv", "--init", "{d}/m.dlv", "--out", "{d}/m.dlv"],
+     "would overwrite the input"),
+    (["--image", "{d}/a.tif", "--boxes", "{d}/a.csv", "--out", "{d}/a.csv"], "a model file is written"),
+    (["--image", "{d}/a.tif", "--boxes", "{d}/a.csv", "--out", "{d}/x.dlv", "--patch-size", "3"],
+     "at least 16"),
     (["--image", "{d}/a.tif", "--boxes", "{d}/stack.csv", "--out", "{d}/x.dlv"], "is for a stack"),
 ])
 def test_train_errors_are_one_line(files, args, message):
@@ -73,7 +77,7 @@ def test_train_errors_are_one_line(files, args, message):
     before = (files / "a.csv").read_bytes()
     r = dlvision("train", "detector", *[a.format(d=files) for a in args], "--steps", 1)
     assert r.returncode == 1 and message in r.stderr, r.stderr
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("dlvision: error:")
+    cli_helpers.one_line_error(r)
     assert (files / "a.csv").read_bytes() == before
 
 

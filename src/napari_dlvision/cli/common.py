@@ -60,6 +60,18 @@ def distributed_option(p):
                         "rank 0 writes the model")
 
 
+NOT_MODEL_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".csv", ".zarr", ".npy", ".onnx")
+
+
+def model_path(text: str) -> Path:
+    """--out of a train command: any name but that of an image, table or export (a model file is a zip)."""
+    path = Path(text)
+    if path.suffix.lower() in NOT_MODEL_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text} names a {path.suffix} file; a model file is written "
+                                         "(name it .dlv)")
+    return path
+
+
 def save_trained(model, path) -> None:
     """Write the trained model; under torchrun only rank 0 writes, once every
     rank is shown to hold the same weights."""

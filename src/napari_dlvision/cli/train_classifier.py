@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_outputs, distributed_option, int_in, positive_float, save_trained
+from .common import check_outputs, distributed_option, int_in, model_path, positive_float, save_trained
 
 ARCH_CHOICES = ("fast", "logreg", "mlp", "filters-mlp", "cnn", "cnn-bn", "resnet18")  # = dl.classify_nets.ARCHS
 
 
 def add_arguments(p):
     p.add_argument("--data", required=True, type=Path, help="class folders, a CIFAR binary folder or images + CSV")
-    p.add_argument("--out", required=True, type=Path, help="model file to write (.dlv)")
-    p.add_argument("--arch", default="fast", choices=ARCH_CHOICES, help="architecture (default: fast)")
+    p.add_argument("--out", required=True, type=model_path, help="model file to write (.dlv)")
+    p.add_argument("--arch", default=None, choices=ARCH_CHOICES, help="architecture (default: fast)")
     p.add_argument("--epochs", type=positive_float, default=None, help="passes over the data (default: the arch's)")
     p.add_argument("--time-limit", type=positive_float, default=None, metavar="SECONDS",
                    help="train for this long; the learning-rate schedule is fitted into it")
@@ -57,10 +57,13 @@ def run(args):
 
     if args.init is not None:
         clf = ImageClassifier.load(args.init, device=args.device)
+        if args.arch not in (None, clf.arch):
+            raise UserInputError(f"{args.init} is a {clf.arch} classifier, not {args.arch}; "
+                                 "continuing keeps the architecture")
         data = load_image_set(args.data, split="train", labels_csv=args.labels_csv, class_names=clf.class_names,
                               size=clf.size, channels=clf.n_channels)
     else:
-        clf = ImageClassifier(args.arch, args.width, device=args.device)
+        clf = ImageClassifier(args.arch or ARCH_CHOICES[0], args.width, device=args.device)
     validation = None
     if args.validation is not None:
         validation = load_image_set(args.validation, split="test", class_names=data.class_names, size=data.size,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_outputs, floats, int_in, positive_float, save_trained, training_options
+from .common import check_outputs, floats, int_in, model_path, positive_float, save_trained, training_options
 
 
 def add_arguments(p):
@@ -29,7 +29,7 @@ def add_arguments(p):
                        help="clean image of each --image: supervised training")
     group.add_argument("--frames", action="store_true",
                        help="the first axis of each --image holds repeated acquisitions: Noise2Noise")
-    p.add_argument("--out", required=True, type=Path, help="model file to write")
+    p.add_argument("--out", required=True, type=model_path, help="model file to write")
     p.add_argument("--init", type=Path, default=None, help="continue training this denoiser model file")
     p.add_argument("--preset", default="small", choices=["small", "medium"],
                    help="architecture: small (depth 2, 32 channels) or medium (depth 3, 32)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_outputs, int_in, positive_float, save_trained, training_options
+from .common import check_outputs, int_in, model_path, positive_float, save_trained, training_options
 
 
 def add_arguments(p):
@@ -20,7 +20,7 @@ def add_arguments(p):
 
     p.add_argument("--image", action="append", default=[], type=Path, help="image file; repeat with --boxes")
     p.add_argument("--boxes", action="append", default=[], type=Path, help="boxes CSV of the image before it")
-    p.add_argument("--out", required=True, type=Path, help="model file to write")
+    p.add_argument("--out", required=True, type=model_path, help="model file to write")
     p.add_argument("--arch", default=None, choices=ARCHS,
                    help=f"network (default {DEFAULT_ARCH}; see the README for when to pick which)")
     p.add_argument("--pretrained", default="cache", choices=PRETRAINED,

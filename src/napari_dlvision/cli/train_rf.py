@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import check_outputs, image_options, int_in, read_pairs
+from .common import check_outputs, image_options, int_in, model_path, read_pairs
 
 
 def add_arguments(p):
@@ -16,7 +16,7 @@ def add_arguments(p):
                    help="image file (TIFF, PNG, JPEG); repeat with --labels for several")
     p.add_argument("--labels", action="append", required=True, type=Path,
                    help="labels TIFF/PNG, image shape without channels; 0 = unlabelled, 1..K = classes")
-    p.add_argument("--out", required=True, type=Path, help="model file to write")
+    p.add_argument("--out", required=True, type=model_path, help="model file to write")
     p.add_argument("--features", default=None,
                    help="feature subset, e.g. 'gaussian@0.3,hessian@1.6,log' "
                         "(a bare family takes every --scales); default: all families at 0.7-5")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_outputs, floats, int_in, positive_float, read_pairs, save_trained, training_options
+from .common import check_outputs, floats, int_in, model_path, positive_float, read_pairs, save_trained, training_options
 
 
 def add_arguments(p):
@@ -18,7 +18,7 @@ def add_arguments(p):
     p.add_argument("--masks-dir", type=Path, default=None,
                    help="folder with images/ and masks/ (instance masks, same file names): dense training")
     p.add_argument("--dense", action="store_true", help="--labels are dense instance masks")
-    p.add_argument("--out", required=True, type=Path, help="model file to write")
+    p.add_argument("--out", required=True, type=model_path, help="model file to write")
     p.add_argument("--init", type=Path, default=None, help="continue training this U-Net model file")
     p.add_argument("--preset", default="small", choices=["small", "medium"], help="architecture preset")
     p.add_argument("--patch-size", type=int_in(8, 4096), default=None)

@@ -34,6 +34,9 @@ from .loop import FitSettings, KindSettings, fit
 EMPTY_PLANES = ("skip", "negative")
 
 
+MIN_PATCH = 16
+
+
 @dataclass
 class DetectSettings(KindSettings):
     steps: int = 400
@@ -67,6 +70,8 @@ class DetectSettings(KindSettings):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4096:
                 raise UserInputError(f"{name.replace('_', ' ')} must be a whole number 0..4096 (0: automatic)")
+        if 0 < self.patch_size < MIN_PATCH:  # a few pixels hold no object and its surroundings
+            raise UserInputError(f"patch size must be 0 (automatic) or at least {MIN_PATCH}, got {self.patch_size}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 <= self.lr <= 10):
             raise UserInputError(f"learning rate must be 0 (automatic) or a positive number, got {self.lr!r}")
         self.fit_settings(1, 1e-3).check()
