@@ -101,8 +101,8 @@ def test_bad_inputs_give_one_line(files, n2v_model, tmp_path):
     assert "same field" in msg
     assert "constant" in one_line_error(dlvision("train", "denoiser", "--image", tmp_path / "flat.tif",
                                                  "--out", tmp_path / "m.dlv", *FAST))
-    assert "overwrite the input" in one_line_error(dlvision("train", "denoiser", "--image", d / "a.tif",
-                                                            "--out", d / "a.tif", *FAST))
+    assert "a model file is written" in one_line_error(dlvision("train", "denoiser", "--image", d / "a.tif",
+                                                                "--out", d / "a.tif", *FAST))
     # --pair and --target exclude each other.
     assert "not allowed with" in one_line_error(dlvision("train", "denoiser", "--image", d / "a.tif", "--pair",
                                                          d / "b.tif", "--target", d / "clean.tif",
@@ -112,6 +112,11 @@ def test_bad_inputs_give_one_line(files, n2v_model, tmp_path):
     assert "pixel classifiers" in one_line_error(dlvision("predict", "--model", n2v_model, "--image", d / "a.tif",
                                                           "--out", tmp_path / "o.tif", "--instances",
                                                           tmp_path / "i.tif"))
+    tifffile.imwrite(tmp_path / "line.tif", np.arange(64, dtype=np.uint16))
+    assert "takes 2D or 3D images" in one_line_error(dlvision("train", "denoiser", "--image", tmp_path / "line.tif",
+                                                              "--out", tmp_path / "m.dlv", *FAST))
+    assert "needs 2D or 3D frames" in one_line_error(dlvision("train", "denoiser", "--image", tmp_path / "flat.tif",
+                                                              "--frames", "--out", tmp_path / "m.dlv", *FAST))
     assert not (tmp_path / "m.dlv").exists()
 
 

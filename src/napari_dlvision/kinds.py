@@ -30,6 +30,11 @@ class Kind:
     cli: str  # module with add_arguments(parser) and run(args); must not import torch at import
     uses_torch: bool = False
 
+    @property
+    def a_title(self) -> str:
+        """The title in a sentence: "an image classifier", "a deep pixel classifier (U-Net)"."""
+        return f"{'an' if self.title[0].lower() in 'aeio' else 'a'} {self.title[0].lower()}{self.title[1:]}"
+
     def model_class(self):
         module, _, name = self.implementation.partition(":")
         return getattr(importlib.import_module(module), name)

@@ -34,5 +34,5 @@ def run(args):
     kind = kinds.kind_of(args.model)
     module = EVALUATORS.get(kind.task)
     if module is None:
-        raise UserInputError(f"{args.model} is a {kind.title}; `evaluate` scores detectors and image classifiers")
+        raise UserInputError(f"{args.model} is {kind.a_title}; `evaluate` scores detectors and image classifiers")
     importlib.import_module(module).run(args, kind)

@@ -12,7 +12,7 @@ def run(args, kind):
     from ..core.errors import UserInputError
 
     if args.data is None:
-        raise UserInputError(f"{args.model} is a {kind.title}: give --data DIR (class folders or CIFAR batches)")
+        raise UserInputError(f"{args.model} is {kind.a_title}: give --data DIR (class folders or CIFAR batches)")
     if args.image is not None or args.boxes is not None or args.score_threshold is not None:
         raise UserInputError("--image, --boxes and --score-threshold are for detectors; image classifiers take --data")
     model = kind.load(args.model)

@@ -36,9 +36,9 @@ def run(args):
         raise UserInputError(f"--out {args.out}: a {args.format} export is named *{SUFFIX[args.format]}")
     kind = kinds.kind_of(args.model)
     if not kind.uses_torch:
-        raise UserInputError(f"{args.model} is a {kind.title}, not a network: export is for torch models")
+        raise UserInputError(f"{args.model} is {kind.a_title}, not a network: export is for torch models")
     if args.format == "bioimageio" and kind.name not in ("pixel-unet", "denoiser"):
-        raise UserInputError(f"bioimage.io export is for U-Net and denoiser models; {args.model} is a {kind.title}")
+        raise UserInputError(f"bioimage.io export is for U-Net and denoiser models; {args.model} is {kind.a_title}")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401

@@ -64,9 +64,9 @@ def task_options(args, kind, model) -> dict:
     extra = [k for k in PIXEL_EXTRA if getattr(args, k) is not None]
     if kind.task != kinds.PIXELS and (extra or args.foreground is not None):
         raise UserInputError(f"--probabilities, --uncertainty, --instances and --foreground are for pixel "
-                             f"classifiers; {args.model} is a {kind.title}")
+                             f"classifiers; {args.model} is {kind.a_title}")
     if kind.task != kinds.BOXES and args.score_threshold is not None:
-        raise UserInputError(f"--score-threshold is for detectors; {args.model} is a {kind.title}")
+        raise UserInputError(f"--score-threshold is for detectors; {args.model} is {kind.a_title}")
     if kind.task == kinds.PIXELS:
         if args.foreground is not None and not 1 <= args.foreground <= model.n_classes:
             raise UserInputError(f"--foreground must be a class id between 1 and {model.n_classes}")
@@ -88,9 +88,9 @@ def run(args):
     kind = kinds.kind_of(args.model)
     if kind.task in DATA_PREDICTORS or args.data is not None:
         if kind.task not in DATA_PREDICTORS:
-            raise UserInputError(f"--data is for image classifiers; {args.model} is a {kind.title}: use --image")
+            raise UserInputError(f"--data is for image classifiers; {args.model} is {kind.a_title}: use --image")
         if args.data is None:
-            raise UserInputError(f"{args.model} is a {kind.title}: give --data DIR (a folder of images)")
+            raise UserInputError(f"{args.model} is {kind.a_title}: give --data DIR (a folder of images)")
         return importlib.import_module(DATA_PREDICTORS[kind.task]).run(args, kind)
     if args.image is None:
         raise UserInputError("give --image (a file or a folder of images)")

@@ -17,7 +17,7 @@ def run(args, kind):
     from .common import check_outputs
 
     if args.image is not None:
-        raise UserInputError(f"{args.model} is a {kind.title}: give --data DIR, not --image")
+        raise UserInputError(f"{args.model} is {kind.a_title}: give --data DIR, not --image")
     if args.out.suffix.lower() != ".csv":
         raise UserInputError(f"--out {args.out}: an image classifier writes a CSV file (name it .csv)")
     check_outputs([args.model, args.data], [args.out])

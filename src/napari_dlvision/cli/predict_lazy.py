@@ -44,7 +44,7 @@ def run(args, kind):
         return _detect(args, kind)
     if kind.task not in (kinds.PIXELS, kinds.IMAGE_TO_IMAGE):
         raise UserInputError(f"tile-by-tile (dask) prediction is for pixel classifiers, denoisers and "
-                             f"detectors; {args.model} is a {kind.title}")
+                             f"detectors; {args.model} is {kind.a_title}")
     if args.image.is_dir() and not is_zarr(args.image):
         raise UserInputError("dask options take one image (a TIFF or a Zarr store), not a folder of images")
     if args.instances is not None:

@@ -105,6 +105,10 @@ def read_noisy(files, others, channel_axis, frames: bool, model=None):
         img = read_image(path)
         if channel_axis is not None and not -img.ndim <= channel_axis < img.ndim:
             raise UserInputError(f"--channel-axis {channel_axis} does not exist in {path} (shape {img.shape})")
+        if img.ndim - frames < 2:
+            raise UserInputError(f"{path} has shape {img.shape}: " + (
+                "a stack of repeated frames (--frames) needs 2D or 3D frames after its first axis" if frames
+                else "the denoiser takes 2D or 3D images (with or without channels)"))
         ndim = _spatial_ndim(img.shape, frames, channel_axis, model)
         body = img.shape[1:] if frames else img.shape
         axis = channel_axis

@@ -235,7 +235,7 @@ class ModelWidget(QWidget):
         try:
             kind = kinds.kind_of(path)
             if kind.name not in self.KINDS:
-                raise UserInputError(f"{Path(path).name} holds a {kind.title}; load it in that widget")
+                raise UserInputError(f"{Path(path).name} holds {kind.a_title}; load it in that widget")
             model = kind.load(path, device=self.device())
         except UserInputError as e:
             return self.error(str(e))
