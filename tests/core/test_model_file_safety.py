@@ -292,7 +292,7 @@ def test_hostile_json(good_file, tmp_path):
     ({"format_version": "1"}, "format_version must be an integer >= 1, got '1'"),
     ({"format_version": True}, "format_version must be an integer"),
     ({"format_version": 0}, "format_version"),
-    ({"format_version": 99, "spacing": "garbage"}, "newer napari-dlvision"),
+    ({"format_version": 99, "spacing": "garbage"}, "newer than this napari-dlvision reads"),
     ({"kind": 5}, "kind must be a string"),
     ({"kind": "pixel-unet"}, "holds a 'pixel-unet' model, expected test-forest"),
     ({"written_by": ["1.0"]}, "written_by must be a string"),

@@ -487,8 +487,9 @@ def validate_common(meta, path=None, kinds: tuple[str, ...] | None = None) -> No
     if version > FORMAT_VERSION:
         written_by = meta.get("written_by")
         raise ModelFileError(
-            f"{path} was written by a newer napari-dlvision "
-            f"({written_by if isinstance(written_by, str) else 'unknown version'}); please upgrade"
+            f"{path} has model file format {version}, newer than this napari-dlvision reads "
+            f"({FORMAT_VERSION}; written by {written_by if isinstance(written_by, str) else 'an unknown version'})"
+            "; please upgrade"
         )
     kind = field(meta, "kind", str, path=path)
     if kinds is not None and kind not in kinds:

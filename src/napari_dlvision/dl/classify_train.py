@@ -86,7 +86,7 @@ class ClassifierSettings:
         if self.arch not in RECIPES:
             raise UserInputError(f"unknown architecture {self.arch!r}; choose one of {', '.join(RECIPES)}")
         if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and 0 < self.epochs <= 10_000):
-            raise UserInputError(f"epochs must be a positive number, got {self.epochs!r}")
+            raise UserInputError(f"epochs must be a positive number up to 10000, got {self.epochs!r}")
         if not 0 <= self.val_fraction < 1:
             raise UserInputError("the validation fraction must be from 0 to less than 1")
         if not (isinstance(self.translate, int) and 0 <= self.translate <= 16):

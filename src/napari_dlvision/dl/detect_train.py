@@ -73,7 +73,7 @@ class DetectSettings(KindSettings):
         if 0 < self.patch_size < MIN_PATCH:  # a few pixels hold no object and its surroundings
             raise UserInputError(f"patch size must be 0 (automatic) or at least {MIN_PATCH}, got {self.patch_size}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 <= self.lr <= 10):
-            raise UserInputError(f"learning rate must be 0 (automatic) or a positive number, got {self.lr!r}")
+            raise UserInputError(f"learning rate must be 0 (automatic) or a positive number up to 10, got {self.lr!r}")
         self.fit_settings(1, 1e-3).check()
 
     def augmentation(self) -> BoxAugmentation:
