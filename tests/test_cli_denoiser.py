@@ -112,6 +112,9 @@ def test_bad_inputs_give_one_line(files, n2v_model, tmp_path):
     assert "pixel classifiers" in one_line_error(dlvision("predict", "--model", n2v_model, "--image", d / "a.tif",
                                                           "--out", tmp_path / "o.tif", "--instances",
                                                           tmp_path / "i.tif"))
+    # Refused before predicting: PNG holds no float32.
+    assert "float32, which PNG cannot hold" in one_line_error(dlvision("predict", "--model", n2v_model, "--image",
+                                                                       d / "a.tif", "--out", tmp_path / "d.png"))
     tifffile.imwrite(tmp_path / "line.tif", np.arange(64, dtype=np.uint16))
     assert "takes 2D or 3D images" in one_line_error(dlvision("train", "denoiser", "--image", tmp_path / "line.tif",
                                                               "--out", tmp_path / "m.dlv", *FAST))

@@ -80,7 +80,7 @@ def run(args):
     import importlib
 
     from .. import kinds
-    from ..core.apply import iter_predict_folder, predict_file, write_output
+    from ..core.apply import check_output_names, iter_predict_folder, predict_file, write_output
     from ..core.errors import UserInputError
     from ..core.io import list_images
     from .common import check_outputs
@@ -105,6 +105,8 @@ def run(args):
     model = kind.load(args.model)
     options = task_options(args, kind, model)
     wanted = [model.MAIN_OUTPUT, *extra]
+    if not folder:
+        check_output_names(model, {model.MAIN_OUTPUT: args.out, **extra})
     if folder:
         files = list_images(args.image)
         if args.out.exists() and not args.out.is_dir():

@@ -15,11 +15,29 @@ import numpy as np
 
 from .errors import UserInputError
 from .events import Progress
-from .io import channel_axis_for, read_image, write_image
+from .io import WRITE_SUFFIXES, channel_axis_for, read_image, write_image
 
 
 def output_suffix(model, output: str) -> str:
     return getattr(model, "OUTPUT_SUFFIXES", {}).get(output, ".tif")
+
+
+PNG_OUTPUTS = ("segmentation", "instances")  # integer labels; the other images are float32
+
+
+def check_output_names(model, paths: dict) -> None:
+    """Refuse, before any work, output names the results cannot be written to ({output: path})."""
+    for name, path in paths.items():
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if output_suffix(model, name) == ".csv":
+            if suffix != ".csv":
+                raise UserInputError(f"{path}: {name} are written as CSV; give a file name ending in .csv")
+        elif suffix not in WRITE_SUFFIXES:
+            raise UserInputError(f"{path}: cannot write {suffix or 'files without an extension'}; "
+                                 f"use one of {', '.join(WRITE_SUFFIXES)}")
+        elif suffix == ".png" and name not in PNG_OUTPUTS:
+            raise UserInputError(f"{path}: the {name} image is float32, which PNG cannot hold; write it as .tif")
 
 
 def check_wanted(model, wanted) -> tuple[str, ...]:
