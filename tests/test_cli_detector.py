@@ -50,6 +50,15 @@ def test_evaluate_prints_the_four_scores(files):
     lines = r.stdout.splitlines()
     assert [ln.split()[0] for ln in lines[:4]] == ["mAP@0.5", "mAP@0.5:0.95", "precision", "recall"]
     assert "true boxes" in lines[4]
+    n_true = int(lines[4].split()[0])
+    # A truth box wholly outside the image is dropped with a note, as training drops it, not counted as missed.
+    table = BoxTable.read_csv(files / "a.csv")
+    BoxTable(np.concatenate([table.boxes, [[500, 500, 510, 510]]]), np.r_[table.classes, 1],
+             table.class_names).write(files / "a_outside.csv")
+    r = dlvision("evaluate", "--model", files / "m.dlv", "--image", files / "a.tif", "--boxes", files / "a_outside.csv")
+    assert r.returncode == 0, r.stderr
+    assert "note: a_outside.csv: 1 box outside the image dropped" in r.stdout
+    assert f"{n_true} true boxes" in r.stdout and r.stdout.splitlines()[1:5] == lines[:4]
 
 
 def test_continue_and_validation(files):

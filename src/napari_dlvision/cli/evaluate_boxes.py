@@ -34,7 +34,7 @@ def run(args, kind):
     import numpy as np
 
     from ..core.box_metrics import evaluate_boxes
-    from ..core.boxes import BoxTable
+    from ..core.boxes import BoxTable, clip_to_image
     from ..core.errors import UserInputError
     from ..dl.detector import select
     from .train_detector import read_image_and_boxes
@@ -51,6 +51,11 @@ def run(args, kind):
     predicted, truth, planes = [], [], 0
     for img_path, csv_path in _pairs(Path(args.image), Path(args.boxes)):
         image, table, has_channels = read_image_and_boxes(img_path, csv_path, class_names=model.class_names)
+        # Truth is clipped to the image as training clips it: a box outside it cannot be found.
+        spatial = image.shape[-3:-1] if has_channels else image.shape[-2:]
+        table, notes = clip_to_image(table, spatial, image.shape[0] if table.is_stack else None)
+        for note in notes:
+            print(f"note: {csv_path.name}: {note}", flush=True)
         cands = model.candidates(image, -1 if has_channels else None)
         pred = select(cands, 0.0, model.nms_iou)  # mAP ranks every candidate
         n = image.shape[0] if table.is_stack else 1
