@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import check_outputs, floats, int_in, model_path, positive_float, read_pairs, save_trained, training_options
+from .common import (check_outputs, floats, int_in, model_path, positive_float, read_pairs, save_trained,
+                     training_options)
 
 
 def add_arguments(p):
