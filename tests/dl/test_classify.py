@@ -60,7 +60,7 @@ def test_a_handful_of_validation_images_does_not_pick_the_weights(toy):
     clf = ImageClassifier("logreg")
     events = list(train_classifier(clf, few, ClassifierSettings(arch="logreg", device="cpu", epochs=5,
                                                                  batch_size=8)))
-    assert "3 validation images are too few to choose the weights by" in events[0].message
+    assert "3 for validation (too few to choose the weights by" in events[0].message
     assert clf.training["validation_images"] == 3
     assert clf.training["kept"] == "the last weights" and clf.training["best_step"] is None
     big = run(ImageClassifier("logreg"), data, epochs=2, batch_size=32)  # 12 held out: they choose

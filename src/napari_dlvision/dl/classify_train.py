@@ -53,6 +53,7 @@ RECIPES = {
 }
 GPU_WIDTH = {"fast": 64}  # on a GPU the fast net is as wide as the published recipe
 GPU_BATCH = {"fast": 1024, "resnet18": 512}
+MIN_AUTO_STEPS = 200  # the fewest steps of automatic training, however few the images
 # Fewer held-out images than this score in steps too coarse to pick weights by
 # (2 images: 0, 0.5 or 1); the validation is still shown.
 MIN_VALIDATION_TO_CHOOSE = 10
@@ -191,6 +192,11 @@ def train_classifier(clf: ImageClassifier, data, settings: ClassifierSettings | 
     epochs = settings.epochs or recipe["epochs"]
     # Under torchrun every rank draws its own batches: an epoch takes 1/world of the steps.
     steps = max(1, math.ceil(epochs * len(train_idx) / (batch * world_size())))
+    if not settings.epochs and steps < MIN_AUTO_STEPS:
+        # The recipes' epochs are for thousands of images: two dozen painted ones would get 15 steps
+        # and learn next to nothing (0.58 accuracy on an easy pair of classes, 1.0 with 200 steps).
+        steps = MIN_AUTO_STEPS
+        epochs = steps * batch * world_size() / len(train_idx)
     source = BatchSource(clf, _device_images(data.images[train_idx], device),
                          torch.from_numpy(labels[train_idx]).to(device), augment, settings.translate,
                          data_seed(settings.seed))
@@ -231,12 +237,11 @@ def train_classifier(clf: ImageClassifier, data, settings: ClassifierSettings | 
         clf.metrics = dict(report["metrics"])
 
     h, w = clf.size
+    few = (f" (too few to choose the weights by, at least {MIN_VALIDATION_TO_CHOOSE}: the last ones are kept)"
+           if 0 < len(val_labels) < MIN_VALIDATION_TO_CHOOSE else "")
     start = (f"training {clf.arch} ({n_parameters(net) / 1e6:.2f} M parameters) on {len(train_idx)} {h}x{w} "
-             f"images in {int((counts > 0).sum())} classes, {len(val_labels)} for validation; batch {batch}, "
-             f"{epochs:g} epochs{' with flips and shifts' if augment else ''}")
-    if 0 < len(val_labels) < MIN_VALIDATION_TO_CHOOSE:
-        start += (f"; {len(val_labels)} validation images are too few to choose the weights by "
-                  f"(at least {MIN_VALIDATION_TO_CHOOSE}): the last ones are kept")
+             f"images in {int((counts > 0).sum())} classes, {len(val_labels)} for validation{few}; batch {batch}, "
+             f"{epochs:.3g} epochs{' with flips and shifts' if augment else ''}")
     for ev in fit(net, source, loss_fn, fit_settings, validate=validate if len(val_labels) else None,
                   preview=preview if preview_images is not None and settings.preview_every else None,
                   start_message=start, on_end=on_end,
