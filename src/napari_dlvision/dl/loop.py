@@ -321,7 +321,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             seconds = clock() - t0
             if over:
                 stopped = "time limit"
-                messages.append(f"time limit of {settings.time_limit:g} s reached after {step} steps")
+                messages.append(f"time limit of {settings.time_limit:g} s reached after {step} step{"s" if step != 1 else ""}")
             yield Progress("training", step, total, "; ".join(messages) or None, loss, ema_loss / ema_w,
                            dict(metrics), seconds, payload)
             messages.clear()
@@ -361,6 +361,6 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
     final = evaluated(preview) if preview is not None and settings.preview_every else None
     how = {"finished": "finished", "stopped": "stopped", "time limit": "reached its time limit",
            "diverged": "diverged"}.get(stopped, stopped)
-    message = "; ".join(messages) or f"training {how} after {step} steps in {seconds:.1f} s; kept {kept}"
+    message = "; ".join(messages) or f"training {how} after {step} step{"s" if step != 1 else ""} in {seconds:.1f} s; kept {kept}"
     yield Progress("done", step, total, message, None, report["smoothed_loss"], report["metrics"], seconds,
                    {"report": report, "preview": final})

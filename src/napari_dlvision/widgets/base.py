@@ -185,8 +185,9 @@ class ModelWidget(QWidget):
         """ "Training <how it ended> after N steps (E epochs) in S s; kept <which weights>. " """
         how = {"time limit": "reached its time limit", "error": "ended"}.get(
             training.get("stopped"), training.get("stopped", "ended"))
-        epochs = f" ({training['epochs']} epochs)" if "epochs" in training else ""
-        return (f"Training {how} after {training.get('steps')} steps{epochs} in {training.get('seconds')} s; "
+        epochs = f" ({training['epochs']:.3g} epochs)" if isinstance(training.get("epochs"), (int, float)) else ""
+        steps = training.get("steps")
+        return (f"Training {how} after {steps} step{'' if steps == 1 else 's'}{epochs} in {training.get('seconds')} s; "
                 f"kept {training.get('kept')}. ")
 
     def training_ended(self, training: dict, image):
