@@ -131,6 +131,10 @@ class KindSettings:
             raise UserInputError(f"batch size must be a whole number 0..4096 (0: automatic), got {v!r}")
 
 
+def n_steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
+
+
 def cpu_bf16_supported() -> bool:
     """True where oneDNN runs bfloat16 natively (AVX-512 BF16 or AMX); elsewhere it is emulated and slow."""
     try:
@@ -321,7 +325,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             seconds = clock() - t0
             if over:
                 stopped = "time limit"
-                messages.append(f"time limit of {settings.time_limit:g} s reached after {step} step{"s" if step != 1 else ""}")
+                messages.append(f"time limit of {settings.time_limit:g} s reached after {n_steps(step)}")
             yield Progress("training", step, total, "; ".join(messages) or None, loss, ema_loss / ema_w,
                            dict(metrics), seconds, payload)
             messages.clear()
@@ -361,6 +365,6 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
     final = evaluated(preview) if preview is not None and settings.preview_every else None
     how = {"finished": "finished", "stopped": "stopped", "time limit": "reached its time limit",
            "diverged": "diverged"}.get(stopped, stopped)
-    message = "; ".join(messages) or f"training {how} after {step} step{"s" if step != 1 else ""} in {seconds:.1f} s; kept {kept}"
+    message = "; ".join(messages) or f"training {how} after {n_steps(step)} in {seconds:.1f} s; kept {kept}"
     yield Progress("done", step, total, message, None, report["smoothed_loss"], report["metrics"], seconds,
                    {"report": report, "preview": final})
