@@ -110,6 +110,8 @@ class ModelWidget(QWidget):
 
     def start(self, gen, on_event, on_end=None, **context):
         self.last_error = None
+        if not context.get("quiet"):  # live updates keep their status line steady
+            self.say("Starting…")  # not the last run's message (an error, say) until the job's first event
 
         def shown(ev, job):  # events still queued when the widget closed are dropped
             if not self._closed:

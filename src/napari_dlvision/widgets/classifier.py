@@ -171,6 +171,8 @@ class ClassifierWidget(ModelWidget):
         self.annotations.selected_label = max(1, int(self.annotations.selected_label))
         self.filter_bar.set_indices(filtered(self.filter_bar.name, None, self.current_labels()))
         self.update_counts()
+        self.say(f"Paint a stroke of a class on each image to label it ({n} images"
+                 + (", as a mosaic)." if self.mosaic else ", one by one with the slider).") + " Then Train.")
         return self.annotations
 
     def _release(self):
