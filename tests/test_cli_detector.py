@@ -78,6 +78,7 @@ def test_continue_and_validation(files):
     (["--image", "{d}/a.tif", "--boxes", "{d}/a.csv", "--out", "{d}/a.csv"], "a model file is written"),
     (["--image", "{d}/a.tif", "--boxes", "{d}/a.csv", "--out", "{d}/x.dlv", "--patch-size", "3"],
      "at least 16"),
+    (["--image", "{d}/a.tif", "--boxes", "{d}", "--out", "{d}/x.dlv"], "is a folder, not a boxes CSV file"),
     (["--image", "{d}/a.tif", "--boxes", "{d}/stack.csv", "--out", "{d}/x.dlv"], "is for a stack"),
 ])
 def test_train_errors_are_one_line(files, args, message):

@@ -155,6 +155,7 @@ def test_after_the_sample_the_strokes_are_not_taken_for_boxes_nor_truth(make_nap
     w = _dock(viewer)
     truth = viewer.layers["nuclei ground truth"]
     assert w.boxes_picker.value is truth and w.gt_picker.value is truth
+    assert w.class_table.count(1) == len(np.unique(truth.data)) - 1  # one box per object
     drawn = w.new_boxes()
     assert w.boxes_picker.value is drawn and w.gt_picker.value is truth
 

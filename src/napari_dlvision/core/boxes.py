@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserInputError
-from .io import atomic_output
+from .io import atomic_output, check_file
 
 COLUMNS = ("y0", "x0", "y1", "x1", "class")
 DEFAULT_CLASS = "object"
@@ -140,9 +140,7 @@ class BoxTable:
     @classmethod
     def read_csv(cls, path, class_names=None) -> BoxTable:
         """Read a boxes CSV; `class_names` fixes the order of known names (others follow)."""
-        path = Path(path)
-        if not path.is_file():
-            raise UserInputError(f"file not found: {path}")
+        path = check_file(path, what="boxes CSV file")
         if path.stat().st_size > MAX_CSV_BYTES:
             raise UserInputError(f"{path} is too large for a boxes CSV")
         try:

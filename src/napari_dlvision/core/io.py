@@ -25,10 +25,20 @@ WRITE_SUFFIXES = (".tif", ".tiff", ".png")
 _TIFF_ALPHA = (1, 2)  # associated (pre-multiplied) alpha, unassociated alpha
 
 
-def read_image(path) -> np.ndarray:
+def check_file(path, error=UserInputError, what: str = "file") -> Path:
+    """`path` as a Path if it is a readable regular file; else `error` saying what it is instead."""
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"file not found: {path}")
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise error(f"{path} is a folder, not a {what}")
+    if path.exists():
+        raise error(f"{path} is not a regular file (a device or pipe?); give a {what}")
+    raise error(f"{what} not found: {path}")
+
+
+def read_image(path) -> np.ndarray:
+    path = check_file(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise UserInputError(f"{path}: unsupported file type; use TIFF, PNG or JPEG")

@@ -35,7 +35,7 @@ from numpy.lib import format as npy_format
 
 from .. import __version__
 from .errors import ModelFileError, UserInputError
-from .io import _one_line, atomic_output
+from .io import _one_line, atomic_output, check_file
 
 FORMAT = "napari-dlvision-model"
 FORMAT_VERSION = 1
@@ -137,9 +137,7 @@ def load(path, kinds: tuple[str, ...] | None = None, arrays: bool = True,
     extra maps the other members' names (e.g. "weights.pt") to their bytes.
     With arrays=False only model.json is read (the directory is still checked).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+    path = check_file(path, ModelFileError, "model file")
     try:
         size = path.stat().st_size
         if size > limits.total_bytes + limits.json_bytes:

@@ -164,6 +164,11 @@ class DetectorWidget(ModelWidget):
         layer = self.boxes_picker.value
         if isinstance(layer, Shapes):
             self.class_table.update_counts(box_counts(layer))
+        elif isinstance(layer, Labels) and isinstance(layer.data, np.ndarray) and layer.data.size <= 2**26:
+            # One box per object of an instance layer (all of the first class); huge or lazy layers
+            # are not read here, on the main thread.
+            ids = np.unique(layer.data)
+            self.class_table.update_counts({1: int(np.count_nonzero(ids))})
 
     def _class_chosen(self, row, *_):
         if row >= 0:

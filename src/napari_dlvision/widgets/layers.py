@@ -117,9 +117,6 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
     # afterwards. Adding a layer is napari's most expensive step on the main
     # thread (0.1-0.3 s here), so each saved event counts.
     where = viewer.layers.index(keep) if keep is not None else len(viewer.layers)
-    if keep is None:
-        viewer.layers.insert(where, layer)
-        return layer
     before = viewer.layers.selection.active
     with _not_activated(viewer.layers):
         viewer.layers.insert(where, layer)
@@ -127,7 +124,9 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
     # contrast while training runs); napari's own pick of the new layer does not.
     after = viewer.layers.selection.active
     if after is not before:
-        viewer.layers.selection.active = before if before is not None and before in viewer.layers else keep
+        restored = before if before is not None and before in viewer.layers else keep
+        if restored is not None:
+            viewer.layers.selection.active = restored
     return layer
 
 
