@@ -1,6 +1,8 @@
 """The `dlvision` command, run as a user would: a subprocess on real files."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,3 +143,18 @@ def test_mask_lookup_ignores_other_files(tmp_path):
         mask_for(tmp_path / "img" / "a.tif", tmp_path)
     (tmp_path / "a.png").write_bytes(b"")
     assert mask_for("a.tif", tmp_path).name == "a.png"
+
+
+def test_a_ctrl_c_after_the_work_is_done_prints_no_traceback(tmp_path):
+    # Once the command has finished, a Ctrl-C during the interpreter's teardown
+    # printed a KeyboardInterrupt traceback from torch's finalisers under exit 0.
+    script = ("import os, signal, sys\n"
+              "import torch  # its finalisers run at teardown\n"
+              "from napari_dlvision.cli import main\n"
+              f"sys.argv = ['dlvision', 'info', {str(tmp_path / 'missing.dlv')!r}]\n"
+              "code = main()\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "sys.exit(code)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [f"dlvision: error: model file not found: {tmp_path / 'missing.dlv'}"]

@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    code = _main(argv)
+    if argv is None:
+        # The command's work is done and written: a Ctrl-C during the interpreter's
+        # teardown would only print a KeyboardInterrupt traceback from torch's finalisers.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
+def _main(argv) -> int:
     import logging
 
     # Readers log their own complaints about broken files; we report each
