@@ -157,6 +157,11 @@ def test_stop_mid_run_keeps_a_model_continue_and_filters(qtbot, widget, toy):
     assert set(shown) == set(np.flatnonzero(scores < 0.6))
     assert np.all(np.diff(scores[shown]) >= 0)  # the least confident first
 
+    # The images' layer removed: the message says so (not "press 'Label these images' first").
+    widget.viewer.layers.remove(widget.stack)
+    widget.predict_images()
+    assert "the images' layer 'toys' was removed: the classifier is kept" in widget.last_error
+
 
 def test_class_folders_opened_from_the_plugin_menu_train_without_strokes(qtbot, make_napari_viewer, tmp_path, toy):
     """The user's path: the dock opened from the Plugins menu (napari hands it a

@@ -251,7 +251,10 @@ class ClassifierWidget(ModelWidget):
         try:
             if self.model is None:
                 raise UserInputError("train or load a classifier first")
-            if self.stack is None or self.stack not in self.viewer.layers:
+            if self.stack is not None and self.stack not in self.viewer.layers:
+                raise UserInputError(f"the images' layer {self.stack.name!r} was removed: the classifier is kept; "
+                                     "open images and press 'Label these images' to classify them")
+            if self.stack is None:
                 raise UserInputError("press 'Label these images' first")
             stack = self.stack
         except UserInputError as e:
