@@ -17,6 +17,9 @@ from .jobs import JobRunner, describe_error
 from .parts import LayerPicker, PreviewHistory
 
 
+MIN_DOCK_HEIGHT = 300  # pixels: two docks still fit a laptop's window one above the other
+
+
 class ModelWidget(QWidget):
     KINDS: tuple[str, ...] = ()  # model kinds this widget can load
     WHAT = "model"  # how messages name the model
@@ -51,13 +54,26 @@ class ModelWidget(QWidget):
         outer.addWidget(self._scroll)
         return QVBoxLayout(content)
 
+    def sizeHint(self):
+        # The content's full height where the window has room: the dock area then
+        # shares the height by what each dock needs, and scrolls only when short.
+        hint = super().sizeHint()
+        area = getattr(self, "_scroll", None)
+        if area is not None:
+            content = area.widget().sizeHint()
+            hint.setHeight(max(hint.height(), content.height()))
+            hint.setWidth(max(hint.width(), self.minimumSizeHint().width()))
+        return hint
+
     def minimumSizeHint(self):
-        # No sideways scrolling: the dock is as wide as its content needs, plus the scroll bar.
+        # No sideways scrolling: the dock is as wide as its content needs, plus the scroll bar;
+        # and never squeezed below its first rows by a dock added under it.
         hint = super().minimumSizeHint()
         area = getattr(self, "_scroll", None)
         if area is not None:
-            hint.setWidth(max(hint.width(), area.widget().minimumSizeHint().width()
-                              + area.verticalScrollBar().sizeHint().width()))
+            content = area.widget().minimumSizeHint()
+            hint.setWidth(max(hint.width(), content.width() + area.verticalScrollBar().sizeHint().width()))
+            hint.setHeight(max(hint.height(), min(content.height(), MIN_DOCK_HEIGHT)))
         return hint
 
     def picker(self, layer_type, on_change=None, **kw) -> LayerPicker:
