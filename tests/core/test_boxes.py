@@ -44,6 +44,7 @@ def test_csv_header_only_is_an_image_without_boxes(tmp_path):
     ("y0,x0,y1,x1,class\n1,2,3,x,a\n", "must be numbers"),
     ("y0,x0,y1,x1,class\n1,2,3,nan,a\n", "finite"),
     ("y0,x0,y1,x1,class\n1,2,3,4, \n", "class is empty"),
+    ("y0,x0,y1,x1,class\n1,2,3,4,a\x00b\n", "holds control characters"),
     ("index,y0,x0,y1,x1,class\n1.5,1,2,3,4,a\n", "must be numbers"),
 ])
 def test_bad_csv_is_one_clear_message(tmp_path, text, message):

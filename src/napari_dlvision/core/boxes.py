@@ -174,6 +174,8 @@ class BoxTable:
             name = row[col["class"]].strip()
             if not name:
                 raise UserInputError(f"{path}, line {line}: the class is empty")
+            if not name.isprintable():  # a NUL or control character would travel into every output
+                raise UserInputError(f"{path}, line {line}: the class name {name!r} holds control characters")
             if name not in names:
                 names.append(name)
             boxes.append(b)

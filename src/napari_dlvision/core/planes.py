@@ -33,8 +33,9 @@ class Planes:
             channel_axis = int(channel_axis) % len(shape)
         spatial = [i for i in range(len(shape)) if i != channel_axis]
         if len(spatial) not in (2, 3):
+            taken = f" with axis {channel_axis} as channels" if channel_axis is not None else ""
             raise UserInputError(f"expected a 2D image or a stack of 2D planes (plus optional channels), "
-                                 f"got shape {shape}")
+                                 f"got shape {shape}{taken}")
         self.image, self.channel_axis, self.dtype = image, channel_axis, dtype
         self.stack = len(spatial) == 3
         self.plane_axis = spatial[0] if self.stack else None
