@@ -224,3 +224,14 @@ def test_go_back_to_an_earlier_preview_after_training(qtbot, widget, cells):
     back = np.asarray(viewer.layers["noisy denoised"].data)
     assert_denoised_alike(back, widget.model.denoise(np.asarray(viewer.layers["noisy"].data), tta=False))
     assert not np.allclose(back, final, atol=1e-3)  # other weights, another result
+
+
+def test_the_image_removed_while_training_keeps_the_model_and_says_so(qtbot, widget):
+    viewer = widget.viewer
+    widget.train()
+    qtbot.waitUntil(lambda: widget.plot.last_step >= 2, timeout=TIMEOUT_MS)
+    viewer.layers.remove(viewer.layers["noisy"])
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.model is not None
+    assert "The image 'noisy' was removed meanwhile: pick an image to predict." in widget.status.text()

@@ -211,9 +211,13 @@ class ModelWidget(QWidget):
     def training_ended(self, training: dict, image):
         """Say how training ended and which weights were kept, then predict `image` with them."""
         note = self.training_note(training)
-        self.say(note)
         if image is not None and image in self.viewer.layers:
+            self.say(note)
             self.runner.then(lambda: self.predict_layer(image, note))
+        elif image is not None:  # removed while training ran: nothing to predict, the model stays
+            self.say(note + f"The image {image.name!r} was removed meanwhile: pick an image to predict.")
+        else:
+            self.say(note)
 
     def model_input(self, image, what: str):
         """(data, channel axis, spacing) of `image`, checked against the model; else UserInputError."""
