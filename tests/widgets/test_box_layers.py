@@ -34,3 +34,17 @@ def test_instance_labels_give_one_box_per_object():
     lab[2:6, 3:9], lab[20:25, 30:33] = 4, 9
     table, names, _ = boxes_from_layer(Labels(lab), Image(np.zeros((30, 40))), ["cell"])
     assert names == ["cell"] and sorted(map(tuple, table.boxes.tolist())) == [(2, 3, 6, 9), (20, 30, 25, 33)]
+
+
+def test_predicted_boxes_are_filled_faintly_and_edged_thinner_than_the_users(make_napari_viewer):
+    from napari_dlvision.widgets.box_layers import EDGE_WIDTH, PREDICTION_EDGE_WIDTH, show_boxes
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((40, 40)), name="img")
+    table = BoxTable([[2, 2, 10, 10], [20, 20, 30, 30]], [1, 2], ["cell", "dead"], scores=[0.9, 0.5])
+    layer = show_boxes(viewer, "img detections", table, image)
+    assert np.allclose(layer.face_color[:, 3], 0.2) and len({tuple(c) for c in layer.face_color[:, :3]}) == 2
+    assert np.allclose(layer.edge_color[:, :3], layer.face_color[:, :3])  # one colour per class, edge and fill
+    assert list(layer.edge_width) == [PREDICTION_EDGE_WIDTH] * 2 and PREDICTION_EDGE_WIDTH < EDGE_WIDTH
+    layer = show_boxes(viewer, "img detections", table.select([1]), image)  # the live threshold redraws it
+    assert len(layer.data) == 1 and np.allclose(layer.face_color[:, 3], 0.2)

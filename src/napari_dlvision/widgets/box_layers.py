@@ -20,7 +20,9 @@ from ..core.boxes import BoxTable, boxes_from_labels, boxes_to_rectangles, class
 from ..core.errors import UserInputError
 from .layers import class_colour, find_output, show_output
 
-EDGE_WIDTH = 2
+EDGE_WIDTH = 2  # the user's boxes
+PREDICTION_EDGE_WIDTH = 1
+PREDICTION_FILL = 0.2  # alpha of the class colour inside predicted boxes
 
 
 def data_to_world_matrix(layer) -> np.ndarray:
@@ -133,20 +135,25 @@ def show_boxes(viewer, key: str, table: BoxTable, image, keep_selected=None):
     scores = table.scores if table.scores is not None else np.ones(len(table))
     features = pd.DataFrame({"class": classes, "score": scores})
     colours = {names[k - 1]: c for k, c in class_colours(len(names)).items()}
+    # Predictions are filled faintly and edged thinner than the user's boxes (same class colours,
+    # no fill), so the two tell apart where they overlap.
+    fills = {name: np.r_[np.asarray(c, float)[:3], PREDICTION_FILL] for name, c in colours.items()}
     layer = find_output(viewer, key)
     if layer is None:
         n = image.ndim
         layer = show_output(viewer, key, rects, "shapes", like=image, keep_selected=keep_selected,
                             shape_type="rectangle", features=features, edge_color="class",
-                            edge_color_cycle=list(colours.values()), face_color="transparent", edge_width=EDGE_WIDTH,
+                            edge_color_cycle=list(colours.values()), face_color="class",
+                            face_color_cycle=list(fills.values()), edge_width=PREDICTION_EDGE_WIDTH,
                             text={"string": "{score:.2f}", "size": 8, "color": "white", "anchor": "upper_left"},
                             ndim=n)
     else:
         layer.data = []
         if rects:
-            layer.add_rectangles(np.asarray(rects), edge_width=EDGE_WIDTH)
+            layer.add_rectangles(np.asarray(rects), edge_width=PREDICTION_EDGE_WIDTH)
         layer.features = features
     layer.edge_color_cycle_map = colours
+    layer.face_color_cycle_map = fills
     layer.refresh_colors(update_color_mapping=False)
     return layer
 
