@@ -164,11 +164,14 @@ class DetectorWidget(ModelWidget):
         layer = self.boxes_picker.value
         if isinstance(layer, Shapes):
             self.class_table.update_counts(box_counts(layer))
-        elif isinstance(layer, Labels) and isinstance(layer.data, np.ndarray) and layer.data.size <= 2**26:
-            # One box per object of an instance layer (all of the first class); huge or lazy layers
-            # are not read here, on the main thread.
-            ids = np.unique(layer.data)
-            self.class_table.update_counts({1: int(np.count_nonzero(ids))})
+        elif isinstance(layer, Labels):
+            # One box per object of an instance layer (all of the first class). Counted with
+            # bincount, linear and quick on the main thread; huge or lazy layers are not read here.
+            data = layer.data
+            if isinstance(data, np.ndarray) and data.dtype.kind in "iu" and 0 < data.size <= 2**24:
+                lo, hi = int(data.min()), int(data.max())
+                if lo >= 0 and hi <= 2**22:
+                    self.class_table.update_counts({1: int(np.count_nonzero(np.bincount(data.ravel())[1:]))})
 
     def _class_chosen(self, row, *_):
         if row >= 0:
