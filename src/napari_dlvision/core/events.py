@@ -43,3 +43,8 @@ def result_of(events):
             next(events)
         except StopIteration as stop:
             return stop.value
+
+
+def n_steps(n) -> str:
+    """ "1 step", "40 steps": for messages of the loop and the docks."""
+    return f"{n} step" if n == 1 else f"{n} steps"

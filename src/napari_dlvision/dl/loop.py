@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from ..core.errors import UserInputError
-from ..core.events import Progress
+from ..core.events import Progress, n_steps
 from . import distributed
 from .devices import describe, pick_device, retry_on_oom
 
@@ -129,10 +129,6 @@ class KindSettings:
         v = self.batch_size
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 4096:
             raise UserInputError(f"batch size must be a whole number 0..4096 (0: automatic), got {v!r}")
-
-
-def n_steps(n: int) -> str:
-    return f"{n} step" if n == 1 else f"{n} steps"
 
 
 def cpu_bf16_supported() -> bool:

@@ -12,10 +12,10 @@ from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ..core.errors import UserInputError
+from ..core.events import n_steps
 from .gc_pauses import freeze_long_lived, thaw_then_refreeze, watch_layer_removals
 from .jobs import JobRunner, describe_error
 from .parts import LayerPicker, PreviewHistory
-
 
 MIN_DOCK_HEIGHT = 300  # pixels: two docks still fit a laptop's window one above the other
 
@@ -204,8 +204,7 @@ class ModelWidget(QWidget):
         how = {"time limit": "reached its time limit", "error": "ended"}.get(
             training.get("stopped"), training.get("stopped", "ended"))
         epochs = f" ({training['epochs']:.3g} epochs)" if isinstance(training.get("epochs"), (int, float)) else ""
-        steps = training.get("steps")
-        return (f"Training {how} after {steps} step{'' if steps == 1 else 's'}{epochs} in {training.get('seconds')} s; "
+        return (f"Training {how} after {n_steps(training.get('steps'))}{epochs} in {training.get('seconds')} s; "
                 f"kept {training.get('kept')}. ")
 
     def training_ended(self, training: dict, image):

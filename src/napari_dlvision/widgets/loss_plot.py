@@ -113,7 +113,8 @@ class LossPlot(QWidget):
         for colour, text in legend:
             room = self.width() - x - 20
             if fm.horizontalAdvance(text) > room:  # a narrow dock: shorter words, then an ellipsis
-                text = fm.elidedText(text.replace("validation ", "val. ").replace("accuracy", "acc."), Qt.TextElideMode.ElideMiddle, int(room))
+                short = text.replace("validation ", "val. ").replace("accuracy", "acc.")
+                text = fm.elidedText(short, Qt.TextElideMode.ElideMiddle, int(room))
             p.setPen(QPen(colour, 3))
             p.drawLine(QPointF(x, 4 + fm.height() / 2), QPointF(x + 12, 4 + fm.height() / 2))
             p.setPen(QColor(220, 220, 220))
