@@ -93,6 +93,15 @@ def test_csv_labels_and_unlabelled_folder(tmp_path, toy):
     by_name = {p.split("/")[-1]: k for p, k in zip(s.paths, s.labels)}
     assert [s.class_names[by_name[f"im{i}.png"]] for i in range(6)] == [names[k] for k in labels[:6]]
     assert all(by_name[f"im{i}.png"] == -1 for i in range(6, 12))
+    assert not [n for n in s.notices if "labels.csv" in n]
+    # A row naming no file of the folder, and a file given two labels: told, not silent.
+    csv.write_text("filename,label\nim0.png,cat\ngone.png,dog\nim1.png,cat\nim0.png,dog\n")
+    s = load_image_set(tmp_path, labels_csv=csv)
+    text = " ".join(s.notices)
+    assert "1 row(s) of labels.csv name no image" in text and "gone.png" in text
+    assert "1 image(s) listed more than once with different labels in labels.csv; the last row counts (e.g. im0.png)" \
+        in text
+    assert s.class_names[s.labels[s.paths.index(str(tmp_path / "im0.png"))]] == "dog"
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(UserInputError, match="needs a header"):

@@ -48,3 +48,9 @@ def result_of(events):
 def n_steps(n) -> str:
     """ "1 step", "40 steps": for messages of the loop and the docks."""
     return f"{n} step" if n == 1 else f"{n} steps"
+
+
+def n_epochs(e) -> str:
+    """ "1 epoch", "2.5 epochs", to 3 significant digits."""
+    text = f"{e:.3g}"
+    return f"{text} epoch" if text == "1" else f"{text} epochs"

@@ -191,8 +191,9 @@ def _folder_files(root: Path, notices: list[str]):
     return files, names
 
 
-def _csv_labels(csv_path: Path, root: Path) -> dict[str, str]:
-    """{resolved path: label} from a CSV with a path column and a label column."""
+def _csv_labels(csv_path: Path, root: Path, notices: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """({resolved path: label}, {resolved path: path as written}) from a CSV with a
+    path column and a label column; a path given twice with two labels gets a notice."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
@@ -206,13 +207,33 @@ def _csv_labels(csv_path: Path, root: Path) -> dict[str, str]:
     if pc is None or lc is None:
         raise UserInputError(f"{csv_path} needs a header with a path column ({'/'.join(PATH_COLUMNS)}) and a "
                              f"label column ({'/'.join(LABEL_COLUMNS)}), got {rows[0]}")
-    out = {}
+    out, named, conflicts = {}, {}, []
     for row in rows[1:]:
         if len(row) > max(pc, lc) and row[pc].strip() and row[lc].strip():
-            out[os.path.normcase(os.path.realpath(root / row[pc].strip()))] = row[lc].strip()
+            key, label = os.path.normcase(os.path.realpath(root / row[pc].strip())), row[lc].strip()
+            if out.get(key, label) != label:
+                conflicts.append(row[pc].strip())
+            out[key], named[key] = label, row[pc].strip()
     if not out:
         raise UserInputError(f"{csv_path} holds no labelled rows")
-    return out
+    if conflicts:
+        notices.append(f"{len(conflicts)} image(s) listed more than once with different labels in {csv_path.name}; "
+                       f"the last row counts (e.g. {conflicts[0]})")
+    return out, named
+
+
+def _labels_from_csv(csv_path: Path, root: Path, files: list[Path], notices: list[str]) -> list[str | None]:
+    """The label of each file from the CSV, with a notice for rows naming no file of the folder."""
+    table, named = _csv_labels(csv_path, root, notices)
+    keys = [os.path.normcase(os.path.realpath(f)) for f in files]
+    labels = [table.get(k) for k in keys]
+    if not any(labels):
+        raise UserInputError(f"no image in {root} is named in {csv_path}")
+    missing = sorted(set(table) - set(keys))
+    if missing:
+        notices.append(f"{len(missing)} row(s) of {csv_path.name} name no image in {root.name} and are ignored "
+                       f"(e.g. {named[missing[0]]})")
+    return labels
 
 
 def iter_load(path, *, split: str = "train", labels_csv=None, class_names=None, size=None, channels=None,
@@ -242,10 +263,7 @@ def iter_load(path, *, split: str = "train", labels_csv=None, class_names=None, 
             raise UserInputError(f"{root} is not a folder of images")
         files, label_names = _folder_files(root, notices)
         if labels_csv is not None:
-            table = _csv_labels(Path(labels_csv), root)
-            label_names = [table.get(os.path.normcase(os.path.realpath(f))) for f in files]
-            if not any(label_names):
-                raise UserInputError(f"no image in {root} is named in {labels_csv}")
+            label_names = _labels_from_csv(Path(labels_csv), root, files, notices)
         gen = _read_many(files, root, notices, threads)
         while True:
             try:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..core.classification import Prediction, check_trainable, evaluate, stratified_split
 from ..core.errors import UserInputError
+from ..core.events import n_epochs
 from .classify import ImageClassifier
 from .classify_nets import AUGMENTED, n_parameters
 from .devices import pick_device
@@ -241,7 +242,7 @@ def train_classifier(clf: ImageClassifier, data, settings: ClassifierSettings | 
            if 0 < len(val_labels) < MIN_VALIDATION_TO_CHOOSE else "")
     start = (f"training {clf.arch} ({n_parameters(net) / 1e6:.2f} M parameters) on {len(train_idx)} {h}x{w} "
              f"images in {int((counts > 0).sum())} classes, {len(val_labels)} for validation{few}; batch {batch}, "
-             f"{epochs:.3g} epochs{' with flips and shifts' if augment else ''}")
+             f"{n_epochs(epochs)}{' with flips and shifts' if augment else ''}")
     for ev in fit(net, source, loss_fn, fit_settings, validate=validate if len(val_labels) else None,
                   preview=preview if preview_images is not None and settings.preview_every else None,
                   start_message=start, on_end=on_end,

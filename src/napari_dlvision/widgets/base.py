@@ -12,7 +12,7 @@ from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ..core.errors import UserInputError
-from ..core.events import n_steps
+from ..core.events import n_epochs, n_steps
 from .gc_pauses import freeze_long_lived, thaw_then_refreeze, watch_layer_removals
 from .jobs import JobRunner, describe_error
 from .parts import LayerPicker, PreviewHistory
@@ -203,7 +203,7 @@ class ModelWidget(QWidget):
         """ "Training <how it ended> after N steps (E epochs) in S s; kept <which weights>. " """
         how = {"time limit": "reached its time limit", "error": "ended"}.get(
             training.get("stopped"), training.get("stopped", "ended"))
-        epochs = f" ({training['epochs']:.3g} epochs)" if isinstance(training.get("epochs"), (int, float)) else ""
+        epochs = f" ({n_epochs(training['epochs'])})" if isinstance(training.get("epochs"), (int, float)) else ""
         return (f"Training {how} after {n_steps(training.get('steps'))}{epochs} in {training.get('seconds')} s; "
                 f"kept {training.get('kept')}. ")
 
