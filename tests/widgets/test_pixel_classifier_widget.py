@@ -277,6 +277,22 @@ def test_instance_layer_as_annotations_gives_a_message(qtbot, widget, sample2d):
     widget.train()
     wait_idle(qtbot, widget)
     assert "instance mask" in widget.last_error
+    # The user presses New: the fresh layer does not inherit the 64 rows the
+    # instance mask added, and trains a 2-class model from 2 painted classes.
+    fresh = widget.inputs.new_layer()
+    assert widget.class_table.names() == ["background", "foreground"]
+    paint_scribbles(fresh, sample2d.scribbles)
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    assert widget.classifier.n_classes == 2
+    # Strokes of ids 1 and 300: the instance-mask message, not "only class 1".
+    odd = np.zeros(sample2d.scribbles.shape, np.int32)
+    odd[sample2d.scribbles == 1], odd[sample2d.scribbles == 2] = 1, 300
+    widget.labels_combo.value = viewer.add_labels(odd, name="odd ids")
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert "class ids up to 300" in widget.last_error
 
 
 def test_closing_the_widget_lets_go_of_the_viewer(qtbot, make_napari_viewer, sample2d):

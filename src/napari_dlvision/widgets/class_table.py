@@ -29,15 +29,26 @@ _TABLES: weakref.WeakSet = weakref.WeakSet()
 
 
 def painted_counts(data) -> dict[int, int]:
-    """{class id: pixels} of an annotation array, ignoring ids above MAX_CLASSES."""
+    """{class id: pixels} of an annotation array, every id above 0: ids beyond
+    MAX_CLASSES stay in, so the check before training can say the layer looks
+    like an instance mask (the table shows at most MAX_CLASSES rows)."""
     a = np.asarray(data)
     if a.dtype.kind not in "iub" or a.size == 0:
         return {}
     if a.dtype.itemsize == 1 and a.dtype.kind != "i":  # the common case: cheap
         n = np.bincount(a.ravel(), minlength=1)
-        return {k: int(n[k]) for k in range(1, min(len(n), MAX_CLASSES + 1)) if n[k]}
+        return {k: int(n[k]) for k in range(1, len(n)) if n[k]}
     ids, n = np.unique(a, return_counts=True)
-    return {int(i): int(c) for i, c in zip(ids, n) if 0 < i <= MAX_CLASSES}
+    return {int(i): int(c) for i, c in zip(ids, n) if i > 0}
+
+
+def _named_rows(names: list[str], keep: int = 2) -> list[str]:
+    """`names` without the trailing rows that still carry their automatic name
+    ("class k" in row k), keeping at least `keep` rows."""
+    n = len(names)
+    while n > keep and names[n - 1] == f"class {n}":
+        n -= 1
+    return names[:n]
 
 
 class ClassTable(QWidget):
@@ -134,6 +145,10 @@ class ClassTable(QWidget):
             if layer in _NAMES:  # another table named this layer's classes already
                 self.set_names(_NAMES[layer], publish=False)
             else:
+                # A new layer keeps the names the user gave, not the rows
+                # added for ids of the last layer (an instance mask picked by
+                # mistake added 64): those come back if this layer paints them.
+                self.set_names(_named_rows(self.names()), publish=False)
                 _NAMES[layer] = self.names()
         self._colour_rows()
         self._follow_layer()
@@ -153,7 +168,7 @@ class ClassTable(QWidget):
 
     def update_counts(self, counts: dict[int, int]):
         """Show painted pixels per class; rows are added for ids beyond the table."""
-        top = max(counts, default=0)
+        top = min(max(counts, default=0), MAX_CLASSES)
         if top > self.table.rowCount():
             names = self.names()
             self.set_names(names + [f"class {k}" for k in range(len(names) + 1, top + 1)])
