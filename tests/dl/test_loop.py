@@ -90,6 +90,18 @@ def test_ema_weights_are_previewed_and_kept_when_stopped():
         torch.testing.assert_close(weights["weight"], preview.cpu())
     assert not torch.equal(snapshots[0]["weight"], snapshots[-1]["weight"])
 
+def test_a_stop_before_the_first_preview_does_not_claim_the_weights_were_previewed():
+    net, batches, loss_fn, _ = _problem()
+    reports = []
+    gen = fit(net, batches, loss_fn, FitSettings(steps=1000, batch_size=8, ema=0.9, preview_every=20),
+              preview=lambda model: 1, on_end=reports.append)
+    for ev in gen:
+        if ev.done == 12:
+            break
+    gen.close()
+    assert reports[0]["stopped"] == "stopped" and reports[0]["kept"] == "the averaged weights"
+
+
 def test_previews_can_go_without_a_weight_copy():
     net, batches, loss_fn, _ = _problem()
     payloads = [ev.payload for ev in fit(net, batches, loss_fn, FitSettings(steps=20, batch_size=8, preview_every=5),

@@ -272,6 +272,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             target.train(was)
 
     best = {"score": -math.inf, "step": None, "state": None}
+    previewed = False  # whether the consumer has been shown a preview ("as previewed" says so)
     last_good = _copy_state(net)
     clock = time.perf_counter if settings.clock == "wall" else (
         lambda: time.process_time() / max(1, torch.get_num_threads()))
@@ -316,6 +317,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
                 # The weights shown travel with their preview (a copy in CPU memory), so
                 # a user can go back to any preview they saw (the widgets' history).
                 payload = {"preview": evaluated(preview)}
+                previewed = True
                 if preview_weights:
                     payload["weights"] = _copy_state(current(), "cpu")
             seconds = clock() - t0
@@ -342,7 +344,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
             kept = f"the best validation weights (step {best['step']})"
         elif averaged is not None and step > 0:
             net.load_state_dict(averaged.module.state_dict())
-            kept = "the averaged weights, as previewed"
+            kept = "the averaged weights, as previewed" if previewed else "the averaged weights"
         else:
             kept = "the last weights"
         net.eval()
