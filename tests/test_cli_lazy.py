@@ -141,6 +141,41 @@ def test_an_existing_output_is_kept_unless_overwrite_and_a_missing_store_is_name
     assert r.returncode == 1 and "nothing.zarr" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_overwrite_never_deletes_an_input_inside_the_output_or_a_folder_that_is_no_store(files, tmp_path):
+    import hashlib
+
+    store = tmp_path / "d.zarr"
+    store.mkdir()
+    img = store / "img.tif"
+    img.write_bytes((files / "img.tif").read_bytes())
+    before = hashlib.sha256(img.read_bytes()).hexdigest()
+    r = dlvision("predict", "--model", files / "rf.dlv", "--image", img, "--out", store, "--overwrite")
+    assert r.returncode == 1 and "lies inside the output" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert hashlib.sha256(img.read_bytes()).hexdigest() == before
+    notes = tmp_path / "keep.zarr"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    r = dlvision("predict", "--model", files / "rf.dlv", "--image", files / "img.tif", "--out", notes, "--overwrite")
+    assert r.returncode == 1 and "is not a Zarr store" in r.stderr
+    assert (notes / "notes.txt").read_text() == "mine"
+
+
+def test_a_disk_too_small_for_the_tiff_is_one_line_before_any_block(files, tmp_path):
+    """A memory-mapped TIFF on a full disk used to end in SIGBUS with no message."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "none", str(small)], capture_output=True).returncode:
+        pytest.skip("mounting a small file system needs root")
+    try:
+        r = dlvision("predict", "--model", files / "rf.dlv", "--image", files / "img.tif", "--out", small / "seg.tif",
+                     "--probabilities", small / "p.tif", "--chunk", "128")
+        assert r.returncode == 1 and "No space left on device" in r.stderr, r.stderr
+        assert "seg.tif" in r.stderr and ".partial" not in r.stderr
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)])
+
+
 PEAK_RSS = ("import resource, sys\n"
             "from napari_dlvision.cli import main\n"
             "code = main(sys.argv[1:])\n"

@@ -156,3 +156,22 @@ def test_interrupted_prediction_leaves_the_old_output_or_a_whole_new_one(tmp_pat
         seg = tifffile.imread(out)  # readable either way
         assert digest(out) == old or seg.shape == big.shape
         assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []  # no temporary left behind
+
+
+def test_sigterm_during_a_tiled_prediction_leaves_no_temporary_output(tmp_path, files):
+    """kill, a batch scheduler or systemd send SIGTERM: unwound like Ctrl-C."""
+    from napari_dlvision.data.synthetic import nuclei
+
+    tifffile.imwrite(tmp_path / "big.tif", nuclei((1536, 1536), seed=5).image)
+    p = subprocess.Popen([sys.executable, "-m", "napari_dlvision.cli", "predict", "--model", files / "m.dlv",
+                          "--image", tmp_path / "big.tif", "--out", tmp_path / "seg.tif", "--probabilities",
+                          tmp_path / "p.tif", "--chunk", "256"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode in (0, 143), err
+    if p.returncode == 143:
+        assert err.strip().splitlines()[-1] == "dlvision: terminated; no partial output was left behind"
+        assert sorted(os.listdir(tmp_path)) == ["big.tif"]
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []

@@ -1,6 +1,7 @@
 """Nothing of the user's is lost: atomic outputs, outputs that would overwrite inputs, exact names."""
 
 import os
+import subprocess
 
 import imageio.v3 as iio
 import numpy as np
@@ -9,7 +10,8 @@ import tifffile
 
 from napari_dlvision.core.errors import UserInputError
 from napari_dlvision.core.io import (
-    atomic_output, check_outputs, list_images, mask_for, outputs_inside, read_image, write_image, write_tif,
+    atomic_output, check_outputs, final_name, list_images, mask_for, outputs_inside, partial_name, read_image, write_image,
+    write_tif,
 )
 
 
@@ -133,6 +135,43 @@ def test_check_outputs(tmp_path, monkeypatch):
             check_outputs([img], outputs)
         assert os.path.basename(str(outputs[-1])) in one_line(e)
     assert img.read_bytes() == b"input"
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "none", str(ro)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        ro.chmod(0o500)
+        if os.access(ro, os.W_OK):
+            pytest.skip("root writes to any folder not on a read-only file system, and cannot mount one here")
+    try:
+        with pytest.raises(UserInputError, match="its folder is not writable") as e:
+            check_outputs([], [tmp_path / "ok.tif", ro / "m.dlv"])
+        assert "m.dlv" in one_line(e) and "partial" not in one_line(e)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)])
+        ro.chmod(0o700)
+
+
+def test_several_outputs_are_checked_before_any_is_written(tmp_path):
+    """More instances than a PNG holds: the segmentation beside it is not written either."""
+    from napari_dlvision.core.apply import write_outputs
+
+    many = np.arange(70000, dtype=np.int32).reshape(280, 250)
+    with pytest.raises(UserInputError, match="write it as .tif"):
+        write_outputs({tmp_path / "seg.png": np.ones((4, 4), np.uint8), tmp_path / "inst.png": many})
+    assert list(tmp_path.iterdir()) == []
+    write_outputs({tmp_path / "seg.png": np.ones((4, 4), np.uint8), tmp_path / "inst.tif": many})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inst.tif", "seg.png"]
+
+
+def test_messages_name_the_output_not_its_temporary_name(tmp_path):
+    tmp = partial_name(tmp_path / "model.dlv")
+    assert tmp.name.startswith(".model.dlv.") and final_name(tmp) == str(tmp_path / "model.dlv")
+    assert final_name(str(tmp_path / "plain.tif")) == str(tmp_path / "plain.tif")
 
 
 def test_outputs_inside(tmp_path):

@@ -64,7 +64,8 @@ def trained():
 
 def test_short_training_reaches_a_clear_map(trained):
     det, events, image, truth = trained
-    assert events[-1].payload["report"]["steps"] == 120 and det.training["kept"] == "the averaged weights"  # no preview was asked for
+    # No preview was asked for, so none was shown.
+    assert events[-1].payload["report"]["steps"] == 120 and det.training["kept"] == "the averaged weights"
     scores = evaluate_boxes(select(det.candidates(image), 0.0, 0.5), truth, 0.3)
     assert scores["mAP@0.5"] > 0.6, scores
     boxes = det.predict_boxes(image)

@@ -56,7 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a batch scheduler, systemd): unwound like Ctrl-C, so
+    temporary outputs are removed on the way out."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        signal.signal(signal.SIGTERM, _terminated)
     code = _main(argv)
     if argv is None:
         # The command's work is done and written: a Ctrl-C during the interpreter's
@@ -85,12 +96,15 @@ def _main(argv) -> int:
         print("dlvision: error: out of memory; try a smaller image, tile or batch", file=sys.stderr)
         return 1
     except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
+        from ..core.io import final_name
+
+        where = f": {final_name(e.filename)}" if e.filename else ""
         print(f"dlvision: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("dlvision: interrupted; no partial output was left behind", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"dlvision: {how}; no partial output was left behind", file=sys.stderr)
+        return code
     return 0
 
 

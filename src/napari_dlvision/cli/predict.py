@@ -80,7 +80,7 @@ def run(args):
     import importlib
 
     from .. import kinds
-    from ..core.apply import check_output_names, iter_predict_folder, predict_file, write_output
+    from ..core.apply import check_output_names, iter_predict_folder, predict_file, write_outputs
     from ..core.errors import UserInputError
     from ..core.io import list_images
     from .common import check_outputs
@@ -121,7 +121,6 @@ def run(args):
             raise UserInputError(f"{len(last.payload['failed'])} of {last.total} files failed (listed above)")
         return
     results = predict_file(model, args.image, args.channel_axis, args.spacing, wanted, **options)
-    written = [write_output(args.out, results[model.MAIN_OUTPUT])]
-    for name, path in extra.items():
-        written.append(write_output(path, results[name]))
+    written = write_outputs({args.out: results[model.MAIN_OUTPUT],
+                             **{path: results[name] for name, path in extra.items()}})
     print("wrote " + ", ".join(map(str, written)))

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import UserInputError
 from .events import Progress
-from .io import WRITE_SUFFIXES, channel_axis_for, read_image, write_image
+from .io import WRITE_SUFFIXES, channel_axis_for, png_array, read_image, write_image
 
 
 def output_suffix(model, output: str) -> str:
@@ -53,6 +53,16 @@ def write_output(path, value) -> Path:
     if isinstance(value, np.ndarray):
         return write_image(path, value)
     return value.write(path)
+
+
+def write_outputs(outputs: dict) -> list[Path]:
+    """Write {path: result}, each checked first: one that its format cannot
+    hold (e.g. more instances than a PNG holds) fails before any is written,
+    so a run does not end with part of its outputs."""
+    for path, value in outputs.items():
+        if isinstance(value, np.ndarray) and Path(path).suffix.lower() == ".png":
+            png_array(path, value)
+    return [write_output(path, value) for path, value in outputs.items()]
 
 
 def predict_file(model, path, channel_axis=None, spacing=None, wanted=None, **options) -> dict:
@@ -93,8 +103,7 @@ def iter_predict_folder(model, files, out_dir, wanted=None, channel_axis=None, s
     for i, (path, outputs) in enumerate(plan.items(), 1):
         try:
             results = predict_file(model, path, channel_axis, spacing, wanted, **options)
-            for name, target in outputs.items():
-                written.append(write_output(target, results[name]))
+            written += write_outputs({target: results[name] for name, target in outputs.items()})
             message = f"Predicted {path.name} ({i}/{total})"
         except (UserInputError, MemoryError, OSError) as e:
             failed.append((path, _one_line(e)))

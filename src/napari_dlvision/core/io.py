@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def atomic_output(path):
     # list_images; not created here, so the writer creates it with the
     # user's usual permissions (mkstemp would make it private).
     # The name is shortened so the temporary one stays within the usual 255-byte limit.
-    tmp = folder / f".{target.name[:100]}.{secrets.token_hex(6)}.partial{target.suffix[:20]}"
+    tmp = partial_name(target)
     try:
         yield tmp
         if not tmp.is_file():
@@ -118,6 +119,21 @@ def atomic_output(path):
         raise
 
 
+def partial_name(target: Path) -> Path:
+    """The temporary name an output is written under before it is renamed into place."""
+    return target.parent / f".{target.name[:100]}.{secrets.token_hex(6)}.partial{target.suffix[:20]}"
+
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.partial(\.[^./]*)?$")
+
+
+def final_name(filename) -> str:
+    """The output a temporary name stands for (messages name what the user asked for)."""
+    p = Path(os.fsdecode(filename))
+    m = _PARTIAL.match(p.name)
+    return str(p.parent / m["name"]) if m else str(filename)
+
+
 def write_image(path, array) -> Path:
     """Write `array` in the format the file name says (.tif/.tiff or .png), atomically."""
     path = Path(path)
@@ -129,7 +145,7 @@ def write_image(path, array) -> Path:
         )
     array = np.asarray(array)
     if suffix == ".png":
-        array = _png_array(path, array)
+        array = png_array(path, array)
     with atomic_output(path) as tmp:
         if suffix == ".png":
             import imageio.v3 as iio
@@ -142,7 +158,7 @@ def write_image(path, array) -> Path:
     return path
 
 
-def _png_array(path, array: np.ndarray) -> np.ndarray:
+def png_array(path, array: np.ndarray) -> np.ndarray:
     """The array as PNG can hold it exactly, or a UserInputError saying to use TIFF."""
     shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))
     if array.dtype == bool:
@@ -189,9 +205,14 @@ def check_outputs(inputs, outputs, folders_ok=False) -> None:
             raise UserInputError(f"output {out} is a folder; give a file name")
         if not os.path.isdir(os.path.dirname(real)):
             raise UserInputError(f"cannot write {out}: output folder does not exist")
+        if not os.access(os.path.dirname(real), os.W_OK | os.X_OK):  # read-only too, even for root
+            raise UserInputError(f"cannot write {out}: its folder is not writable")
         for inp, inp_real in zip(ins, in_real):
             if real == inp_real or _same_existing(real, inp_real):
                 raise UserInputError(f"output {out} would overwrite the input {inp}; choose another name")
+            if outputs_inside(real, inp_real):  # an output store replaced whole takes its contents along
+                raise UserInputError(f"the input {inp} lies inside the output {out}, which would replace it; "
+                                     "choose another name")
         for other, other_real in seen:
             if real == other_real or _same_existing(real, other_real):
                 raise UserInputError(f"outputs {other} and {out} are the same file; give each its own name")

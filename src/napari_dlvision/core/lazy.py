@@ -19,6 +19,7 @@ by chunk into a temporary name and renamed into place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -30,6 +31,7 @@ import numpy as np
 
 from .errors import UserInputError
 from .events import result_of
+from .io import partial_name
 
 LAZY_INPUT_BYTES = 1 << 31  # a TIFF larger than this is predicted lazily even without --dask options
 CHUNK = {2: 1024, 3: 128}  # default block side per spatial dimensionality
@@ -103,9 +105,13 @@ def _load_bytes(data: bytes):
 
 
 def is_zarr(path) -> bool:
+    """A Zarr store, or the name of one to write (*.zarr)."""
     path = Path(path)
-    return path.suffix.lower() == ".zarr" or (path.is_dir() and any(
-        (path / m).is_file() for m in (".zarray", ".zgroup", "zarr.json")))
+    return path.suffix.lower() == ".zarr" or _has_zarr_metadata(path)
+
+
+def _has_zarr_metadata(path: Path) -> bool:
+    return path.is_dir() and any((path / m).is_file() for m in (".zarray", ".zgroup", "zarr.json"))
 
 
 # -- reading ------------------------------------------------------------------
@@ -439,7 +445,7 @@ def check_lazy_output(path) -> None:
     path = Path(path)
     if is_zarr(path):
         _zarr()
-        if path.exists() and not is_zarr(path):
+        if path.exists() and not _has_zarr_metadata(path):  # e.g. a folder of the user's named *.zarr
             raise UserInputError(f"{path} exists and is not a Zarr store; it would be replaced")
     elif path.suffix.lower() not in (".tif", ".tiff"):
         raise UserInputError(f"{path}: an image larger than memory is written as .zarr or .tif")
@@ -456,10 +462,10 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True) -> list
     try:
         for path, arr in outputs.items():
             path = Path(path)
-            tmp = path.resolve().parent / f".{path.name[:100]}.{secrets.token_hex(6)}.partial{path.suffix[:20]}"
+            tmp = partial_name(path.resolve())
             temps.append(tmp)
             finals.append((tmp, path))
-            targets.append(_create_zarr(tmp, arr, ome) if is_zarr(path) else _create_tiff(tmp, arr))
+            targets.append(_create_zarr(tmp, arr, ome) if is_zarr(path) else _create_tiff(tmp, arr, path))
         sources = list(outputs.values())
         # One block at a time: its own pools may use every core.
         parallel = max(a.npartitions for a in sources) > 1
@@ -474,7 +480,7 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True) -> list
         raise
 
 
-def _create_tiff(tmp, arr):
+def _create_tiff(tmp, arr, final):
     import tifffile
 
     # A plain (uncompressed, contiguous) TIFF, written through a memory map;
@@ -482,7 +488,25 @@ def _create_tiff(tmp, arr):
     mm = tifffile.memmap(tmp, shape=arr.shape, dtype=arr.dtype, bigtiff=arr.nbytes > 2**32 - 2**25)
     target = MemmapTarget(mm.filename, mm.offset, mm.shape, mm.dtype)
     del mm
+    _reserve(tmp, final)
     return target
+
+
+def _reserve(path, final) -> None:
+    """Allocate a memory-mapped file's blocks now: the file is sparse, and a
+    disk that fills while pages are written through the map kills the process
+    with SIGBUS (no message, the partial file left). Reserved up front, a full
+    disk is an OSError here, before any work, and the file is removed."""
+    if not hasattr(os, "posix_fallocate"):  # not on macOS or Windows
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # file systems without it: as before
+            raise UserInputError(f"cannot write {final}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 class MemmapTarget:
