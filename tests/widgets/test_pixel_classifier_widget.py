@@ -211,6 +211,14 @@ def test_save_load_apply_to_layer_and_folder(qtbot, widget, sample2d, tmp_path):
     wait_idle(qtbot, widget)
     path = widget.save_model(tmp_path / "clf.dlv")
     assert path.is_file()
+    # Names as typed in the save dialog: no suffix gets .dlv (the Load filter shows it);
+    # an image's name is refused, the image kept; a failure names the file asked for.
+    assert widget.save_model(tmp_path / "mymodel") == tmp_path / "mymodel.dlv" and (tmp_path / "mymodel.dlv").is_file()
+    (tmp_path / "photo.png").write_bytes(b"mine")
+    assert widget.save_model(tmp_path / "photo.png") is None and "a model file is written" in widget.last_error
+    assert (tmp_path / "photo.png").read_bytes() == b"mine"
+    assert widget.save_model(tmp_path / "gone" / "m.dlv") is None
+    assert "m.dlv" in widget.last_error and "partial" not in widget.last_error
 
     other = PixelClassifierWidget(widget.viewer)
     assert other.load_model(path) is not None

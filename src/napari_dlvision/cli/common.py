@@ -60,16 +60,15 @@ def distributed_option(p):
                         "rank 0 writes the model")
 
 
-NOT_MODEL_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".csv", ".zarr", ".npy", ".onnx")
-
-
 def model_path(text: str) -> Path:
     """--out of a train command: any name but that of an image, table or export (a model file is a zip)."""
-    path = Path(text)
-    if path.suffix.lower() in NOT_MODEL_SUFFIXES:
-        raise argparse.ArgumentTypeError(f"{text} names a {path.suffix} file; a model file is written "
-                                         "(name it .dlv)")
-    return path
+    from ..core.errors import UserInputError
+    from ..core.modelfile import check_model_name
+
+    try:
+        return check_model_name(text)
+    except UserInputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def save_trained(model, path) -> None:

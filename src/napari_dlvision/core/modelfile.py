@@ -90,6 +90,18 @@ class Metadata(dict):
 
 
 # -- writing ---------------------------------------------------------------
+NOT_MODEL_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".csv", ".zarr", ".npy", ".onnx")
+
+
+def check_model_name(path) -> Path:
+    """A name a model file may take: not that of an image, table or export,
+    which a model (a zip) would replace by mistake."""
+    path = Path(path)
+    if path.suffix.lower() in NOT_MODEL_SUFFIXES:
+        raise UserInputError(f"{path.name} names a {path.suffix} file; a model file is written (name it {SUFFIX})")
+    return path
+
+
 def save(path, metadata: dict, arrays: dict[str, np.ndarray], extra: dict[str, bytes] | None = None,
          members: tuple[str, ...] = MEMBERS) -> Path:
     """Write a model file atomically; `extra` holds further named binary members."""

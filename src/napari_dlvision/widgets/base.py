@@ -242,6 +242,10 @@ class ModelWidget(QWidget):
         try:
             if self.model is None:
                 raise UserInputError(f"train or load a {self.WHAT} first")
+            from ..core.modelfile import SUFFIX, check_model_name
+
+            # Qt's dialog on Linux adds no suffix: "mymodel" would be hidden by the Load filter.
+            path = check_model_name(path if Path(path).suffix else Path(path).with_suffix(SUFFIX))
             path = self.model.save(path)
         except (UserInputError, OSError) as e:
             return self.error(f"could not save: {describe_error(e)}")

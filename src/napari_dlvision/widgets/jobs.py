@@ -35,6 +35,10 @@ def describe_error(exc: BaseException) -> str:
         return " ".join(str(exc).split())
     if isinstance(exc, MemoryError):
         return "out of memory: try a smaller image, patch, tile, batch or fewer features"
+    if isinstance(exc, OSError) and exc.strerror:
+        from ..core.io import final_name
+
+        return f"{exc.strerror}: {final_name(exc.filename)}" if exc.filename else exc.strerror
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
