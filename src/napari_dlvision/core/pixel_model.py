@@ -44,6 +44,9 @@ class PixelModel:
         for ev in self.iter_predict_proba(image, channel_axis, spacing, focus=focus, **predict_options):
             prob = ev.payload["probabilities"]
             ev.message = ev.message or "Predicting…"
+            # The block's class ids, computed here (a worker thread in the docks):
+            # on the viewer's thread this argmax stalled it 0.15 s per band at 4096 x 4096.
+            ev.payload["segmentation"] = segmentation(prob[(slice(None),) + tuple(ev.payload["block"])])
             yield ev
         if "instances" in wanted:
             yield Progress("instances", 0, 1, "Splitting touching objects…")

@@ -241,7 +241,8 @@ class PixelClassifierWidget(ModelWidget):
     def _on_event(self, ev, job):
         self.panel.show_progress(ev)
         if ev.stage == "predicting":
-            self.outputs.write_block(ev.payload["block"], ev.payload["probabilities"], final=ev.done == ev.total)
+            self.outputs.write_block(ev.payload["block"], ev.payload["probabilities"], final=ev.done == ev.total,
+                                     seg=ev.payload.get("segmentation"))
         elif ev.stage == "done":
             self.model = job.context["clf"]
             self.outputs.finish(ev.payload)

@@ -247,7 +247,8 @@ class UNetWidget(ModelWidget):
     def _on_predict_event(self, ev, job):
         self.panel.show_progress(ev)
         if ev.stage == "predicting":
-            self.outputs.write_block(ev.payload["block"], ev.payload["probabilities"], final=ev.done == ev.total)
+            self.outputs.write_block(ev.payload["block"], ev.payload["probabilities"], final=ev.done == ev.total,
+                                     seg=ev.payload.get("segmentation"))
         elif ev.stage == "done":
             self.outputs.finish(ev.payload)
             self.say(f"{job.context['note']}Predicted {job.context['image'].name} in {job.seconds:.1f} s.")
