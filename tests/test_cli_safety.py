@@ -69,6 +69,12 @@ def test_outputs_that_would_destroy_inputs_are_refused(files, args, text):
     (["train", "unet", "--batch-size", "100000"], "--batch-size"),
     (["train", "unet", "--batch-size", "4096", "--patch-size", "512"], "GiB"),
     (["train", "unet", "--steps", "0"], "--steps"),
+    (["train", "rf", "--class-names", "a,b,c,d"], "strokes paint classes up to 2"),
+    (["train", "unet", "--class-names", "a,b,c"], "strokes paint classes up to 2"),
+    (["train", "rf", "--class-names", "a,a"], "given twice"),
+    (["train", "rf", "--class-names", "a,"], "empty class name"),
+    (["train", "rf", "--spacing", "1e-300,1"], "differ more than 1000-fold"),
+    (["train", "rf", "--spacing", "2,1,1"], "voxel size must be 2 positive numbers, got 2,1,1"),
 ])
 def test_bad_arguments_are_one_line(files, args, text):
     kind = args[1]
@@ -167,7 +173,8 @@ def test_sigterm_during_a_tiled_prediction_leaves_no_temporary_output(tmp_path, 
                           "--image", tmp_path / "big.tif", "--out", tmp_path / "seg.tif", "--probabilities",
                           tmp_path / "p.tif", "--chunk", "256"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3.0)
+    assert p.stdout.readline().startswith("predicting")  # blocks are being written (not start-up)
+    time.sleep(0.5)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=300)
     assert p.returncode in (0, 143), err
@@ -175,3 +182,15 @@ def test_sigterm_during_a_tiled_prediction_leaves_no_temporary_output(tmp_path, 
         assert err.strip().splitlines()[-1] == "dlvision: terminated; no partial output was left behind"
         assert sorted(os.listdir(tmp_path)) == ["big.tif"]
     assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []
+
+
+def test_jpeg_strokes_are_refused(files, tmp_path):
+    """JPEG's compression turns stroke edges into further 'classes'."""
+    import imageio.v3 as iio
+
+    lab = tifffile.imread(files / "lab.tif").astype(np.uint8)
+    iio.imwrite(tmp_path / "lab.jpg", lab)
+    r = dlvision("train", "rf", "--image", files / "img.tif", "--labels", tmp_path / "lab.jpg", "--out",
+                 tmp_path / "m.dlv")
+    one_line_error(r, "save labels as TIFF or PNG")
+    assert not (tmp_path / "m.dlv").exists()

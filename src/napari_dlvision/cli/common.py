@@ -37,6 +37,42 @@ def floats(text: str) -> list[float]:
     return values
 
 
+def class_names(text: str) -> list[str]:
+    """--class-names: comma-separated, each named once and not empty."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"an empty class name in {text!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"class name {twice[0]!r} given twice")
+    return names
+
+
+def check_named_classes(names, labels) -> None:
+    """Names for classes the strokes never paint would make classes the model
+    cannot learn (and, last, the default foreground of --instances)."""
+    if names is None:
+        return
+    from ..core.errors import UserInputError
+
+    top = max(int(lab.max()) for lab in labels)
+    if len(names) > top:
+        raise UserInputError(f"{len(names)} class names given, but the strokes paint classes up to {top}: "
+                             "name only the painted classes")
+
+
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
+
+
+def check_lossless_labels(paths) -> None:
+    from ..core.errors import UserInputError
+
+    for path in paths:
+        if Path(path).suffix.lower() in LOSSY_SUFFIXES:
+            raise UserInputError(f"{path}: JPEG changes pixel values, so its class ids cannot be trusted; "
+                                 "save labels as TIFF or PNG")
+
+
 def image_options(p):
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the image holding channels (default: guessed from the shapes)")
@@ -105,6 +141,7 @@ def read_pairs(images, labels, channel_axis):
 
     if len(images) != len(labels):
         raise UserInputError("give one --labels file per --image")
+    check_lossless_labels(labels)
     imgs, labs, layouts = [], [], []
     for img_path, lab_path in zip(images, labels):
         img, lab = read_image(img_path), read_image(lab_path)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import check_outputs, image_options, int_in, model_path, read_pairs
+from .common import (check_named_classes, check_outputs, class_names, image_options, int_in, model_path,
+                     read_pairs)
 
 
 def add_arguments(p):
@@ -24,7 +25,8 @@ def add_arguments(p):
                    help="scales, e.g. 1,1.6,3.5: for bare families in --features, or alone for every family")
     p.add_argument("--trees", type=int_in(1, 10_000), default=50, help="number of trees (default 50)")
     p.add_argument("--max-depth", type=int_in(0, 1000), default=0, help="maximum tree depth (default 0: none)")
-    p.add_argument("--class-names", default=None, help="comma-separated names of classes 1..K")
+    p.add_argument("--class-names", type=class_names, default=None,
+                   help="comma-separated names of classes 1..K")
     image_options(p)
 
 
@@ -41,9 +43,9 @@ def run(args):
         spec = FeatureSpec.parse(",".join(FAMILIES), args.scales)
     else:
         spec = FeatureSpec.default()
-    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-    clf = PixelClassifier(spec, args.trees, args.max_depth or None, names)
+    clf = PixelClassifier(spec, args.trees, args.max_depth or None, args.class_names)
     images, labels, axis = read_pairs(args.image, args.labels, args.channel_axis)
+    check_named_classes(args.class_names, labels)
     t0 = time.perf_counter()
     clf.fit(images, labels, channel_axis=axis, spacing=args.spacing)
     clf.save(args.out)

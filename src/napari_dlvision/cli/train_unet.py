@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (check_outputs, floats, int_in, model_path, positive_float, read_pairs, save_trained,
-                     training_options)
+from .common import (check_named_classes, check_outputs, class_names, floats, int_in, model_path, positive_float,
+                     read_pairs, save_trained, training_options)
 
 
 def add_arguments(p):
@@ -25,7 +25,7 @@ def add_arguments(p):
     p.add_argument("--patch-size", type=int_in(8, 4096), default=None)
     p.add_argument("--batch-size", type=int_in(0, 4096), default=0, help="0 (default): from the device's memory")
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the trainer's)")
-    p.add_argument("--class-names", default=None,
+    p.add_argument("--class-names", type=class_names, default=None,
                    help="names of classes 1..K, comma-separated, e.g. background,nucleus (sparse strokes)")
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     for name in ("flips", "rot90", "intensity"):
@@ -53,6 +53,8 @@ def run(args):
         raise UserInputError("give --image/--labels pairs or --masks-dir")
     check_outputs(images + labels + [args.init], [args.out])
     imgs, labs, axis = read_pairs(images, labels, args.channel_axis)
+    if not dense:
+        check_named_classes(args.class_names, labs)
 
     from ..dl.pixel_train import TrainSettings, train_unet
     from ..dl.segmenter import UNetSegmenter
@@ -63,8 +65,7 @@ def run(args):
         if seg.mode != mode:
             raise UserInputError(f"{args.init} was trained on {seg.mode} labels, not {mode}")
     else:
-        names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-        seg = UNetSegmenter(args.preset, mode, class_names=names, device=args.device)
+        seg = UNetSegmenter(args.preset, mode, class_names=args.class_names, device=args.device)
     settings = TrainSettings(steps=args.steps, patch_size=args.patch_size, batch_size=args.batch_size,
                              elastic=args.elastic, flips=not args.no_flips, rot90=not args.no_rot90,
                              intensity=not args.no_intensity, device=args.device, time_limit=args.time_limit,

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import UserInputError
 from .filters import gaussian
 from .filters import radius as _radius
-from .images import as_channels_first, n_threads
+from .images import as_channels_first, check_spacing, n_threads
 
 FAMILIES = ("gaussian", "log", "gradient", "dog", "structure_tensor", "hessian")
 FAMILY_TITLES = {
@@ -168,11 +168,7 @@ def relative_spacing(spacing, ndim: int) -> np.ndarray:
     """Voxel size divided by the finest one (all ones when isotropic)."""
     if spacing is None:
         return np.ones(ndim)
-    s = np.asarray(spacing, dtype=float)
-    if s.shape != (ndim,) or not np.all(s > 0) or not np.all(np.isfinite(s)):
-        raise UserInputError(
-            f"voxel size must be {ndim} positive numbers, got {list(np.ravel(s))}"
-        )
+    s = np.asarray(check_spacing(spacing, ndim), dtype=float)
     return s / s.min()
 
 

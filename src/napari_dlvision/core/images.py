@@ -82,8 +82,14 @@ def check_spacing(spacing, ndim: int):
     except (TypeError, ValueError):
         raise UserInputError(f"voxel size must be {ndim} positive numbers, got {spacing!r}") from None
     if s.shape != (ndim,) or not np.all(np.isfinite(s)) or not np.all(s > 0):
-        raise UserInputError(f"voxel size must be {ndim} positive numbers, got {list(s)}")
+        raise UserInputError(f"voxel size must be {ndim} positive numbers, got {','.join(f'{v:g}' for v in s)}")
+    if s.max() > MAX_SPACING_RATIO * s.min():  # filter scales in pixels would overflow
+        raise UserInputError(f"voxel sizes {','.join(f'{v:g}' for v in s)} differ more than "
+                             f"{MAX_SPACING_RATIO}-fold between axes")
     return tuple(float(v) for v in s)
+
+
+MAX_SPACING_RATIO = 1000
 
 
 def spatial_shape(shape, channel_axis: int | None) -> tuple[int, ...]:

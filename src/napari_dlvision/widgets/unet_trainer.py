@@ -197,7 +197,8 @@ class UNetWidget(ModelWidget):
             images, labels, axis, spacing, image = self._training_data()
             settings = self.settings()
             preset = self.settings_form.values()["preset"]
-            names = self.class_table.names() if self.mode() == "sparse" else None
+            # Rows beyond the painted classes are not named in the command (it refuses them).
+            names = self.class_table.names()[:max(self.inputs.counts(), default=0)] if self.mode() == "sparse" else None
         except UserInputError as e:
             return self.error(str(e))
         if not resume:
