@@ -194,3 +194,18 @@ def test_jpeg_strokes_are_refused(files, tmp_path):
                  tmp_path / "m.dlv")
     one_line_error(r, "save labels as TIFF or PNG")
     assert not (tmp_path / "m.dlv").exists()
+
+
+def test_messages_name_what_is_wrong(files, tmp_path):
+    """Colour strokes, a volume given to a 2D model, a missing --masks-dir."""
+    import imageio.v3 as iio
+
+    lab = tifffile.imread(files / "lab.tif").astype(np.uint8)
+    iio.imwrite(tmp_path / "colour.png", np.stack([lab * 100] * 3, -1))
+    one_line_error(dlvision("train", "rf", "--image", files / "img.tif", "--labels", tmp_path / "colour.png",
+                            "--out", tmp_path / "m.dlv"), "one class id per pixel, not colours")
+    tifffile.imwrite(tmp_path / "vol.tif", np.zeros((9, 20, 20), np.float32))
+    one_line_error(dlvision("predict", "--model", files / "m.dlv", "--image", tmp_path / "vol.tif", "--out",
+                            tmp_path / "s.tif"), "the model expects 2D images")
+    one_line_error(dlvision("train", "unet", "--masks-dir", tmp_path / "nowhere", "--out", tmp_path / "u.dlv"),
+                   "folder not found")

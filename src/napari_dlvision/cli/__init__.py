@@ -24,6 +24,9 @@ import sys
 from .. import __version__
 
 
+RAW = argparse.RawDescriptionHelpFormatter  # descriptions hold example command lines: keep their lines
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit status 1 like every other error."""
 
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = train.add_subparsers(dest="kind", required=True, parser_class=Parser)
     for kind in kinds.KINDS.values():
         module = importlib.import_module(kind.cli)
-        sp = tsub.add_parser(kind.command, help=kind.title, description=module.__doc__)
+        sp = tsub.add_parser(kind.command, help=kind.title, description=module.__doc__, formatter_class=RAW)
         module.add_arguments(sp)
         sp.set_defaults(run=module.run)
 
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module in (("predict", predict), ("evaluate", evaluate), ("info", info), ("export", export),
                          ("run", run)):
-        sp = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__)
+        sp = sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__, formatter_class=RAW)
         module.add_arguments(sp)
         sp.set_defaults(run=module.run)
     return p

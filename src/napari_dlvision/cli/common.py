@@ -147,6 +147,9 @@ def read_pairs(images, labels, channel_axis):
         img, lab = read_image(img_path), read_image(lab_path)
         if lab.ndim not in (2, 3):
             raise UserInputError(f"{lab_path}: labels must be a 2D or 3D image, got shape {lab.shape}")
+        if lab.ndim > img.ndim:  # e.g. strokes saved as a colour picture
+            raise UserInputError(f"{lab_path} has shape {lab.shape}, more axes than {img_path} {img.shape}: "
+                                 "labels hold one class id per pixel, not colours")
         if channel_axis is not None and not -img.ndim <= channel_axis < img.ndim:
             raise UserInputError(f"--channel-axis {channel_axis} does not exist in {img_path} (shape {img.shape})")
         axis = channel_axis if channel_axis is not None else channel_axis_for(img.shape, lab.ndim)

@@ -3,9 +3,11 @@
     dlvision evaluate --model DETECTOR --image IMG --boxes GT.csv    # mAP@0.5, mAP@0.5:0.95, precision, recall
     dlvision evaluate --model CLASSIFIER --data DIR                  # accuracy, per-class precision/recall, confusion
 
-Each task has its own evaluator module (`cli/evaluate_<task>.py` with
-`run(args, kind)`); this command only dispatches on the model's kind.
+Detectors and image classifiers are scored here; pixel models and
+denoisers by the benchmarks (bench/).
 """
+# Each task has its own evaluator module (cli/evaluate_<task>.py with
+# run(args, kind)); this command only dispatches on the model's kind.
 
 from __future__ import annotations
 

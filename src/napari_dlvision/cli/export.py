@@ -26,6 +26,9 @@ def add_arguments(p):
     p.add_argument("--out", required=True, type=Path)
 
 
+FORMAT_TITLES = {"onnx": "an ONNX", "bioimageio": "a bioimage.io"}
+
+
 def run(args):
     from .. import kinds
     from ..core.errors import UserInputError
@@ -33,7 +36,7 @@ def run(args):
 
     check_outputs([args.model], [args.out])
     if args.out.suffix.lower() != SUFFIX[args.format]:
-        raise UserInputError(f"--out {args.out}: a {args.format} export is named *{SUFFIX[args.format]}")
+        raise UserInputError(f"--out {args.out}: {FORMAT_TITLES[args.format]} export is named *{SUFFIX[args.format]}")
     kind = kinds.kind_of(args.model)
     if not kind.uses_torch:
         raise UserInputError(f"{args.model} is {kind.a_title}, not a network: export is for torch models")
@@ -58,5 +61,6 @@ def run(args):
     from ..dl.export_onnx import export_onnx
 
     done = export_onnx(model, args.out)
-    print(f"wrote {done['path']} ({done['bytes'] / 1e6:.1f} MB); onnxruntime matches torch within "
+    size = f"{done['bytes'] / 1e6:.1f} MB" if done["bytes"] >= 1e5 else f"{done['bytes'] / 1e3:.0f} kB"
+    print(f"wrote {done['path']} ({size}); onnxruntime matches torch within "
           f"{done['max_abs_difference']:.1e} on an input of shape {tuple(done['checked_input_shape'])}")

@@ -263,6 +263,9 @@ def channel_axis_for(shape, spatial_ndim: int, n_channels: int | None = None):
         return len(shape) - 1
     if fits(shape[0]):
         return 0
+    if n_channels == 1 and spatial_ndim == 2 and min(shape) > 4:  # a volume given to a 2D model
+        raise UserInputError(f"the model expects 2D images; this image has shape {tuple(shape)} "
+                             "(3D, or channels the model was not trained with)")
     if n_channels:
         raise UserInputError(
             f"the model expects {n_channels}-channel images; this image has shape {tuple(shape)}"

@@ -12,6 +12,8 @@ def image_mask_pairs(folder) -> list[tuple[Path, Path]]:
     from ..core.io import list_images, mask_for
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise UserInputError(f"{folder}: folder not found" if not folder.exists() else f"{folder} is not a folder")
     if not (folder / "images").is_dir() or not (folder / "masks").is_dir():
         raise UserInputError(f"{folder} needs two sub-folders: images/ and masks/ (same file names)")
     return [(p, mask_for(p, folder / "masks")) for p in list_images(folder / "images")]
