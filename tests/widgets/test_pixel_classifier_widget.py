@@ -368,3 +368,17 @@ def test_in_the_3d_view_outputs_are_redrawn_once_at_the_end(qtbot, make_napari_v
     assert redraws == []  # not while predicting
     outputs.end()
     assert redraws and (seg.data == 2).all()
+
+
+def test_docking_picks_the_image_the_annotations_fit(qtbot, make_napari_viewer, sample2d):
+    """A smaller image opened first no longer becomes the default beside annotations of another size."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((30, 40), np.uint8), name="other")
+    viewer.add_image(sample2d.image, name="nuclei")
+    viewer.add_labels(sample2d.scribbles.copy(), name="nuclei annotations")
+    w = PixelClassifierWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.image_combo.value.name == "nuclei" and w.labels_combo.value.name == "nuclei annotations"
+    w.train()
+    wait_idle(qtbot, w)
+    assert w.last_error is None, w.last_error

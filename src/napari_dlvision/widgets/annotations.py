@@ -74,8 +74,20 @@ class AnnotationInputs(QWidget):
             self._watched = layer
         self.class_table.bind(layer)
         self.update_counts()
+        if first and layer is not None:
+            self._image_of(layer)
         if first and layer is not None and self.select_on_dock:
             self.make_paintable(layer)
+
+    def _image_of(self, labels):
+        """At docking, the image the annotations fit (the first image in the
+        list may be another one, of another size)."""
+        image = self.image_picker.value
+        if image is None or spatial_shape(image) == tuple(labels.data.shape):
+            return
+        fitting = [la for la in self.image_picker.choices if spatial_shape(la) == tuple(labels.data.shape)]
+        if fitting:
+            self.image_picker.value = fitting[0]
 
     def _disconnect(self):
         if self._watched is not None:

@@ -53,6 +53,10 @@ class LayerPicker(QComboBox):
         self.refresh()
 
     @property
+    def choices(self) -> list:
+        return list(self._layers)
+
+    @property
     def value(self):
         i = self.currentIndex()
         return self._layers[i] if 0 <= i < len(self._layers) else None
