@@ -382,3 +382,20 @@ def test_docking_picks_the_image_the_annotations_fit(qtbot, make_napari_viewer, 
     w.train()
     wait_idle(qtbot, w)
     assert w.last_error is None, w.last_error
+
+
+def test_renaming_the_image_renames_its_outputs_and_the_next_run_updates_them(qtbot, widget, sample2d):
+    labels = widget.new_annotation_layer()
+    paint_scribbles(labels, sample2d.scribbles, step=3)
+    widget.train()
+    wait_idle(qtbot, widget)
+    before = [la.name for la in widget.viewer.layers]
+    widget.viewer.layers["nuclei"].name = "cells"
+    assert "cells segmentation" in widget.viewer.layers and "nuclei segmentation" not in widget.viewer.layers
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None, widget.last_error
+    after = [la.name for la in widget.viewer.layers]
+    # The outputs follow the image; the user's annotation layer keeps its name.
+    assert before == ["nuclei", "nuclei segmentation", "nuclei instances", "nuclei annotations"]
+    assert after == ["cells", "cells segmentation", "cells instances", "nuclei annotations"]

@@ -8,6 +8,7 @@ touched) and finds its layers again even after the user renamed them.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 
 import numpy as np
@@ -63,6 +64,33 @@ def visible_box(viewer, image: Image, shape):
     return tuple(box)
 
 
+_SOURCE_NAMES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # image layer -> its last name
+
+
+def _follow_renames(viewer, image) -> None:
+    """Outputs are named (and tagged) after their image: when the user renames
+    the image, its outputs follow, so the next run updates them instead of
+    adding a second set beside stale ones."""
+    if image in _SOURCE_NAMES:
+        return
+    _SOURCE_NAMES[image] = image.name
+    viewer_ref = weakref.ref(viewer)
+
+    def renamed(event=None):
+        old, new, viewer = _SOURCE_NAMES.get(image), image.name, viewer_ref()
+        _SOURCE_NAMES[image] = new
+        if viewer is None or old is None or old == new:
+            return
+        for layer in list(viewer.layers):
+            tag = layer.metadata.get(OUTPUT_TAG)
+            if isinstance(tag, str) and tag.startswith(old + " "):
+                layer.metadata[OUTPUT_TAG] = new + tag[len(old):]
+                if layer.name == tag:  # unless the user renamed it
+                    layer.name = new + tag[len(old):]
+
+    image.events.name.connect(renamed)
+
+
 def find_output(viewer, key: str):
     for layer in viewer.layers:
         if layer.metadata.get(OUTPUT_TAG) == key:
@@ -98,6 +126,7 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
         viewer.layers.remove(layer)
     kw = dict(create_kw)
     if like is not None:
+        _follow_renames(viewer, like)
         n = np.ndim(data) if layer_type != "shapes" else len(like.data.shape) - (1 if like.rgb else 0)
         if layer_type == "image" and kw.get("rgb"):
             n -= 1
