@@ -199,3 +199,14 @@ def test_rgb_picture_given_to_a_volume_model_is_refused():
     with pytest.raises(UserInputError, match="2D colour image"):
         channel_axis_for((512, 512, 3), 3, 1)
     assert channel_axis_for((16, 64, 64), 3, 1) is None
+
+
+def test_an_image_of_tiny_values_is_refused_not_predicted_as_one_class(sample2d):
+    """scikit-learn's trees do not split between values closer than 1e-7."""
+    img = sample2d.image.astype(np.float64)
+    img = (img - img.min()) / (img.max() - img.min())
+    with pytest.raises(UserInputError, match="multiply the image by a large factor"):
+        PixelClassifier(n_trees=5).fit(img * 1e-9, sample2d.scribbles)
+    clf = PixelClassifier(n_trees=5).fit(img * 1e-4, sample2d.scribbles)  # small, but learnable
+    seg = segmentation(clf.predict_proba(img * 1e-4))
+    assert iou(seg == 2, sample2d.instances > 0) > 0.8

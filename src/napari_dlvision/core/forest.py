@@ -175,6 +175,7 @@ def _quiet_import(module: str) -> None:
 _PREFETCHED: set[str] = set()
 
 
+MIN_FEATURE_SPREAD = 1e-6  # 10x scikit-learn's smallest split (FEATURE_THRESHOLD, 1e-7)
 SMALL_TREE_SAMPLES = 200  # pixels per tree below which one thread fits faster
 
 
@@ -197,6 +198,12 @@ def fit_forest(X: np.ndarray, y: np.ndarray, n_classes: int, n_trees: int = 50,
         raise UserInputError("no features to train on: select at least one feature")
     if len(np.unique(y)) < 2:
         raise UserInputError("paint at least two classes before training")
+    spread = float(np.max(np.ptp(X, axis=0)))
+    if spread < MIN_FEATURE_SPREAD:
+        # scikit-learn's trees never split between values closer than 1e-7:
+        # the forest would predict one class everywhere, without a word.
+        raise UserInputError(f"the painted pixels' values differ by at most {spread:.2g}, too little to learn from; "
+                             "multiply the image by a large factor (e.g. 1e6) first")
     if len(y) > MAX_TRAINING_PIXELS:
         rng = np.random.default_rng(random_state)
         keep = _balanced_subsample(y, MAX_TRAINING_PIXELS, rng)
