@@ -270,3 +270,13 @@ def test_the_forest_teacher_reports_progress_and_a_stop_there_keeps_nothing(trai
     # Without the teacher, training starts at once.
     assert next(train_unet(UNetSegmenter(), train2d.image, train2d.scribbles,
                            TrainSettings(**{**QUICK, "teacher": None}))).stage == "start"
+
+
+def test_a_patch_size_of_0_is_the_default_per_dimension():
+    """The docks' "auto": 64 in 2D, 32 in 3D (64 cubes take seconds per step on a CPU)."""
+    from napari_dlvision.dl.denoise_train import patch_shape_for as denoise_patch
+    from napari_dlvision.dl.pixel_train import patch_shape_for
+
+    assert patch_shape_for(0, [(40, 200, 200)], 3, 8) == (32, 32, 32) == patch_shape_for(None, [(40, 200, 200)], 3, 8)
+    assert patch_shape_for(0, [(200, 200)], 2, 8) == (64, 64)
+    assert denoise_patch(0, [(40, 200, 200)], 3, 8) == (32, 32, 32)

@@ -87,8 +87,10 @@ def run_command(settings: dict, mode: str, preset: str, channel_axis=None, spaci
     labels.tif beside the run file (what the widget's "Export run…" writes)."""
     cmd = ["train", "unet", "--image", "image.tif", "--labels", "labels.tif", "--out", "unet.dlv",
            "--preset", preset, "--steps", str(int(settings["steps"])),
-           "--patch-size", str(int(settings["patch_size"])), "--batch-size", str(int(settings["batch_size"])),
+           "--batch-size", str(int(settings["batch_size"])),
            "--lr", repr(float(settings["lr"])), "--device", settings["device"]]
+    if settings.get("patch_size"):  # 0: automatic, as without the option
+        cmd += ["--patch-size", str(int(settings["patch_size"]))]
     if mode == "dense":
         cmd.append("--dense")
     elif class_names:

@@ -70,10 +70,10 @@ def warp(a: np.ndarray, coords: np.ndarray, ndim: int, order: int) -> np.ndarray
 
 
 def patch_edges(setting, ndim: int, default: int, lo: int = 1) -> tuple[int, ...]:
-    """A patch-size setting (None, one number, or one per axis) as `ndim` checked edges."""
+    """A patch-size setting (None or 0 for the default, one number, or one per axis) as `ndim` checked edges."""
     from ..core.errors import UserInputError
 
-    if setting is None:
+    if setting is None or (isinstance(setting, (int, np.integer)) and not isinstance(setting, bool) and setting == 0):
         setting = default
     if isinstance(setting, (int, np.integer)) and not isinstance(setting, bool):
         setting = (int(setting),) * ndim

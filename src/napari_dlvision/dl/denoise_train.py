@@ -272,7 +272,7 @@ def train_denoiser(denoiser: Denoiser, noisy, pairs=None, targets=None, settings
         denoiser.metrics = dict(report["metrics"])
 
     smallest = np.min(np.array([f.shape for f in fields_]), axis=0)
-    asked = settings.patch_size if settings.patch_size is not None else DEFAULT_PATCH[ndim]
+    asked = settings.patch_size or DEFAULT_PATCH[ndim]  # None or 0: the default
     asked = (asked,) * ndim if isinstance(asked, (int, np.integer)) else tuple(asked)
     clipped = " (clipped to the image)" if any(a > n for a, n in zip(asked, smallest)) else ""
     what = {"n2v": f"{len(fields_)} noisy image(s)",

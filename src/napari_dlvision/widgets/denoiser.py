@@ -32,7 +32,7 @@ FIELDS = [
     Field("preset", "Architecture", "small", choices=("small", "medium"),
           tooltip="small: U-Net of depth 2, 32 channels; medium: depth 3, 32 channels"),
     Field("steps", "Steps", 400, 1, 1_000_000, 100),
-    Field("patch_size", "Patch size", 64, 8, 1024, 16, tooltip="clipped to the image; 3D images: try 32"),
+    Field("patch_size", "Patch size", 0, 0, 1024, 16, special="auto (64; 32 in 3D)", tooltip="clipped to the image"),
     Field("batch_size", "Batch size", 0, 0, 256, special="auto (from free memory)"),
     Field("lr", "Learning rate", 8e-3, 1e-5, 1.0, 1e-3),
     Field("masked_fraction", "Masked pixels (N2V)", 0.1, 0.0005, 0.25, 0.01, decimals=4,
