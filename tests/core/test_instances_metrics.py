@@ -2,6 +2,7 @@ import numpy as np
 
 from napari_dlvision.core.instances import instances_from_interior, instances_from_mask
 from napari_dlvision.core.metrics import instance_f1, iou
+from napari_dlvision.core.probabilities import segmentation
 
 
 def _discs(centres, r, shape=(80, 120)):
@@ -57,3 +58,6 @@ def test_dense_instances_from_probabilities():
     assert inst[10, 8] != inst[10, 22] and inst[10, 8] > 0 and inst[10, 22] > 0
     assert (inst[fg] > 0).all()
     assert instances_from_interior(*np.stack([np.ones((8, 8)), np.zeros((8, 8)), np.zeros((8, 8))])).max() == 0
+    # Background most probable though under 0.5: background in the segmentation, so no object either.
+    unsure = np.stack([np.full((8, 8), 0.4), np.full((8, 8), 0.35), np.full((8, 8), 0.25)])
+    assert (segmentation(unsure) == 1).all() and instances_from_interior(*unsure).max() == 0

@@ -52,12 +52,13 @@ def instances_from_interior(p_background: np.ndarray, p_interior: np.ndarray, p_
     """Instances from (background, interior, boundary) probabilities.
 
     Seeds are connected regions of interior probability > threshold, grown
-    by watershed over the boundary probability inside the foreground
-    (background probability < threshold).
+    by watershed over the boundary probability inside the foreground: the
+    pixels the segmentation (the most probable class) does not call
+    background, so both outputs agree on what is an object.
     """
     from skimage.segmentation import watershed
 
-    fg = remove_small(p_background < threshold, min_size)
+    fg = remove_small(p_background < np.maximum(p_interior, p_boundary), min_size)
     if not fg.any():
         return np.zeros(fg.shape, np.int32)
     seeds, _ = ndi.label((p_interior > threshold) & fg)
