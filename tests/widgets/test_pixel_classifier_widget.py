@@ -148,6 +148,12 @@ def test_live_update_retrains_after_each_stroke(qtbot, widget, sample2d):
     wait_idle(qtbot, widget)
     assert sum(widget.classifier.training["pixels_per_class"].values()) > 6
     assert iou(widget.viewer.layers["nuclei segmentation"].data == NUCLEUS, sample2d.foreground) > 0.85
+    # Picking an image the strokes do not fit says so; picking theirs back retrains, no stale message.
+    other = widget.viewer.add_image(np.zeros((30, 40), np.uint8), name="other")
+    widget.image_combo.value = other
+    qtbot.waitUntil(lambda: "annotations" in widget.status.text() and "shape" in widget.status.text(), timeout=10_000)
+    widget.image_combo.value = widget.viewer.layers["nuclei"]
+    qtbot.waitUntil(lambda: widget.status.text().startswith("Trained and predicted"), timeout=60_000)
 
 
 def test_stop_ends_cleanly_and_training_works_again(qtbot, make_napari_viewer):

@@ -66,6 +66,9 @@ class PixelClassifierWidget(ModelWidget):
         lay.addStretch()
         self._live_timer = QTimer(self, singleShot=True, interval=LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self._live_retrain)
+        # Another image picked with live update on: its prediction (or its message) at once,
+        # not the last image's message until the next stroke.
+        self.inputs.image_picker.on_change = lambda _layer: self.live_check.isChecked() and self._live_timer.start()
         self.viewer.layers.events.removed.connect(self._forget_features)
         self.on_close(lambda: self.viewer.layers.events.removed.disconnect(self._forget_features))
         self.on_close(self._live_timer.stop)
