@@ -198,8 +198,7 @@ class UNetWidget(ModelWidget):
             images, labels, axis, spacing, image = self._training_data()
             settings = self.settings()
             preset = self.settings_form.values()["preset"]
-            # Rows beyond the painted classes are not named in the command (it refuses them).
-            names = self.class_table.names()[:max(self.inputs.counts(), default=0)] if self.mode() == "sparse" else None
+            names = self.class_table.names() if self.mode() == "sparse" else None
         except UserInputError as e:
             return self.error(str(e))
         if not resume:
@@ -291,7 +290,9 @@ class UNetWidget(ModelWidget):
             taken = [n for n in ("image.tif", "labels.tif", "run.json", "unet.dlv") if (folder / n).exists()]
             if taken:
                 raise UserInputError(f"{folder} already holds {', '.join(taken)}; choose an empty folder")
-            names = self.class_table.names() if self.mode() == "sparse" else None
+            # Rows beyond the painted classes are not named in the command (it refuses them).
+            painted = max(self.inputs.counts(), default=0)
+            names = self.class_table.names()[:painted] if self.mode() == "sparse" else None
             command = run_command(self.settings(), self.mode(), self.settings_form.values()["preset"],
                                   axis, spacing, names)
         except UserInputError as e:
