@@ -30,6 +30,25 @@ from .loss_plot import LossPlot
 MODEL_FILTER = "Models (*.dlv);;All files (*)"
 
 
+class StatusLabel(QLabel):
+    """A word-wrapped status line with room for every line of its text: in the
+    docks' scroll area Qt does not grow a wrapped label when its text gets
+    longer, and a second line was cut off."""
+
+    def setText(self, text):
+        super().setText(text)
+        self._fit()
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self):
+        height = self.heightForWidth(max(self.width(), 1))
+        if height > 0 and height != self.minimumHeight():  # relaid out only when the line count changes
+            self.setMinimumHeight(height)
+
+
 class LayerPicker(QComboBox):
     """Layers of one type from the viewer; `on_change(layer or None)` hears every value."""
 
@@ -134,7 +153,7 @@ class RunPanel(QWidget):
         lay.addLayout(row)
         self.progress = QProgressBar()
         self.progress.setRange(0, 100)
-        self.status = QLabel(hint)
+        self.status = StatusLabel(hint)
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.progress)
