@@ -10,8 +10,8 @@ import tifffile
 
 from napari_dlvision.core.errors import UserInputError
 from napari_dlvision.core.io import (
-    atomic_output, check_outputs, final_name, list_images, mask_for, outputs_inside, partial_name, read_image, write_image,
-    write_tif,
+    atomic_output, check_outputs, final_name, list_images, mask_for, outputs_inside, partial_name, read_image,
+    write_image, write_tif,
 )
 
 
