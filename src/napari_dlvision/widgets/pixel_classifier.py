@@ -19,7 +19,7 @@ from ..core.pixel_classifier import PixelClassifier
 from .annotations import AnnotationInputs
 from .base import ModelWidget
 from .layers import image_input, spatial_shape, visible_box
-from .outputs import PixelOutputs
+from .outputs import PixelOutputs, with_displayable_instances
 from .lazy_layers import LazyPredictions, is_lazy
 from .parts import ApplyRow, ModelRow, RunPanel
 
@@ -195,7 +195,7 @@ class PixelClassifierWidget(ModelWidget):
             shape = spatial_shape(image)
             from ..core.labels import check_classes
 
-            check_classes(sorted(self.inputs.counts()), len(self.class_names()))
+            check_classes(sorted(self.inputs.counts(recount=not live)), len(self.class_names()))
             focus = visible_box(self.viewer, image, shape)
             wanted = self.outputs.wanted()
             gen = self._cached_tiles(
@@ -204,7 +204,8 @@ class PixelClassifierWidget(ModelWidget):
             # While painting with live update, "only one class so far" is a normal state.
             return self.error(str(e), quiet=live)
         self.outputs.begin(image, clf.class_names, labels)
-        return self.start(gen, self._on_event, self._on_end, image=image, clf=clf, quiet=live)
+        return self.start(with_displayable_instances(gen), self._on_event, self._on_end, image=image, clf=clf,
+                          quiet=live)
 
     def apply_to_layer(self, image: Image | None):
         """Predict another image layer with the current classifier."""
@@ -227,7 +228,8 @@ class PixelClassifierWidget(ModelWidget):
         except UserInputError as e:
             return self.error(str(e))
         self.outputs.begin(image, clf.class_names, self.inputs.labels_picker.value)
-        return self.start(gen, self._on_event, self._on_end, image=image, clf=clf, applied=True)
+        return self.start(with_displayable_instances(gen), self._on_event, self._on_end, image=image, clf=clf,
+                          applied=True)
 
     def apply_to_folder(self, in_dir, out_dir):
         """Predict every image file of a folder, writing TIFFs to out_dir."""

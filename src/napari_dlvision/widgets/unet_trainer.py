@@ -19,7 +19,7 @@ from .annotations import AnnotationInputs
 from .base import ModelWidget
 from .layers import image_input
 from .lazy_layers import LazyPredictions, is_lazy
-from .outputs import PixelOutputs
+from .outputs import PixelOutputs, with_displayable_instances
 from .parts import ApplyRow, Field, ModelRow, RunPanel, SettingsForm
 
 MODES = {"Sparse strokes (classes 1..K)": "sparse", "Dense instance masks": "dense"}
@@ -209,8 +209,8 @@ class UNetWidget(ModelWidget):
                          images, labels, axis, spacing, settings, names)
         if image is not None:
             self.outputs.begin(image, names or ["background", "interior", "boundary"], self.inputs.labels_picker.value)
-        return self.start(gen, self._on_train_event, self._on_train_end, holder=holder, image=image,
-                          offset=self.plot.last_step if resume else 0, resume=resume)
+        return self.start(with_displayable_instances(gen), self._on_train_event, self._on_train_end, holder=holder,
+                          image=image, offset=self.plot.last_step if resume else 0, resume=resume)
 
     def _on_train_event(self, ev, job):
         self.show_training_step(ev, job.context["offset"])
@@ -243,7 +243,8 @@ class UNetWidget(ModelWidget):
         except UserInputError as e:
             return self.error(str(e))
         self.outputs.begin(image, self.model.class_names, self.inputs.labels_picker.value)
-        return self.start(gen, self._on_predict_event, lambda job: self.outputs.end(), image=image, note=note)
+        return self.start(with_displayable_instances(gen), self._on_predict_event, lambda job: self.outputs.end(),
+                          image=image, note=note)
 
     def _on_predict_event(self, ev, job):
         self.panel.show_progress(ev)
