@@ -9,6 +9,7 @@ Goals (issue "paint-train-see loop"): no stall of 250 ms or more; U-Net
 steps in the GUI no slower than 1.3x headless.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python bench/bench_gui_responsiveness.py [--steps 200]
+    ... bench/bench_gui_responsiveness.py --large 4096    # live update on a large image instead
 """
 
 from __future__ import annotations
@@ -62,10 +63,59 @@ def headless_steps_per_second(image, labels, steps):
     return steps / events[-1].payload["report"]["seconds"]
 
 
+def large_live_update(n: int) -> dict:
+    """Live update on an n x n uint16 image of blobs (opened first, the forest
+    docked after, strokes, Live update ticked, then one more stroke): seconds
+    per run and the worst stall of each (the first run creates the layers)."""
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    dots = np.zeros((n, n), np.float32)
+    at = rng.integers(0, n, size=(n, 2))
+    dots[at[:, 0], at[:, 1]] = 1
+    blobs = ndi.gaussian_filter(dots, 6)
+    image = (blobs / blobs.max() * 40000 + rng.normal(1000, 300, (n, n))).clip(0, 65535).astype(np.uint16)
+    viewer = napari.Viewer()
+    app = QApplication.instance()
+    beat = Heartbeat(app)
+    viewer.add_image(image, name="large")
+    _, forest = viewer.window.add_plugin_dock_widget("napari-dlvision", "Pixel classifier (random forest)")
+    settle(app, 50)
+    strokes = forest.inputs.new_layer()
+    for y, x in at[:15]:
+        strokes.paint((int(y), int(x)), 2, refresh=False)
+    for x in range(10, 400, 3):
+        strokes.paint((10, x), 1, refresh=False)
+    strokes.refresh()
+    settle(app, 30)
+    out = {}
+    for name, action in (("first", lambda: forest.live_check.setChecked(True)),
+                         ("next stroke", lambda: [strokes.paint((n // 2, x), 1, refresh=x == n // 2 + 297)
+                                                  for x in range(n // 2, n // 2 + 300, 3)])):
+        beat.reset(name)
+        t0 = time.perf_counter()
+        action()
+        settle(app, 20)
+        wait(app, lambda: not forest.runner.busy, 3600)
+        out[f"large_{name.replace(' ', '_')}_s"] = time.perf_counter() - t0
+        out[f"large_{name.replace(' ', '_')}_stall_s"] = beat.worst
+    viewer.close()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--large", type=int, default=0, metavar="N",
+                    help="only live update on an N x N image (e.g. 4096), with Instances ticked")
     args = ap.parse_args()
+    if args.large:
+        res = large_live_update(args.large)
+        print(json.dumps({k: round(v, 3) for k, v in res.items()}, indent=1))
+        return
     import napari
     from qtpy.QtWidgets import QApplication
 
