@@ -264,3 +264,18 @@ def test_after_stop_the_user_can_go_back_to_any_preview_they_saw(qtbot, widget, 
     # Weights of another network (a failed run, another file) are refused in one line, not loaded.
     assert widget.go_back(5, {"other": torch.zeros(3)}) is None
     assert "previews were of another U-Net" in widget.last_error and not widget.history.entries
+
+
+def test_closing_the_viewer_while_training_stops_the_job_first(qtbot, widget):
+    """viewer.close() mid-run (a script, or Jupyter, goes on after it): the job is
+    stopped and has ended before the window's Qt objects go. Its events used
+    to meet a deleted status line and Python aborted (exit 134)."""
+    viewer = widget.viewer
+    widget.settings_form.set_value("steps", 5000)
+    qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "cells segmentation (U-Net)" in viewer.layers, timeout=TIMEOUT_MS)
+    assert widget.runner.busy
+    # napari lists the job, so that closing the window asks the user first.
+    assert viewer.window._task_status_manager.is_busy()
+    viewer.close()
+    assert widget._closed and not widget.runner.busy
