@@ -18,6 +18,7 @@ from .jobs import JobRunner, describe_error
 from .parts import LayerPicker, PreviewHistory
 
 MIN_DOCK_HEIGHT = 300  # pixels: two docks still fit a laptop's window one above the other
+CLOSE_WAIT_S = 15.0  # the longest closing the viewer waits for a stopped job (an import of torch cannot stop)
 
 
 class ModelWidget(QWidget):
@@ -115,10 +116,36 @@ class ModelWidget(QWidget):
         return False
 
     def _set_busy(self, busy: bool):
+        self._tell_napari(busy)
+        if self._closed:
+            return
         if self.panel is not None:
             self.panel.set_busy(busy)
         if self.history is not None:
             self.history.set_busy(busy)
+
+    def _tell_napari(self, busy: bool):
+        """Register a running job with napari's task list, so that closing the
+        window asks the user first, and stops the job (cancel) before the
+        window's Qt objects go: events of a job still running then met a
+        deleted widget, and Python aborted (exit 134)."""
+        window = getattr(self.viewer, "window", None)
+        register = getattr(window, "_register_task_status", None)  # napari >= 0.5; private
+        if register is None:
+            return
+        from napari.utils.task_status import Status
+
+        if busy and getattr(self, "_task_id", None) is None:
+            self._task_id = register("napari-dlvision", Status.BUSY, f"the {self.WHAT} dock's job is running",
+                                     cancel_callback=self._viewer_closing)
+        elif not busy and getattr(self, "_task_id", None) is not None:
+            window._update_task_status(self._task_id, Status.COMPLETED)
+            self._task_id = None
+
+    def _viewer_closing(self) -> bool:
+        """The viewer's window is closing: stop the job and let it end."""
+        self.cleanup()
+        return self.runner.wait(CLOSE_WAIT_S)
 
     def _job_failed(self, message, job):
         if not self._closed:

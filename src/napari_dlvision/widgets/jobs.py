@@ -140,6 +140,17 @@ class JobRunner:
             self.job.stopped = True
             self.worker.quit()
 
+    def wait(self, timeout: float) -> bool:
+        """Handle the running job's events until it has ended (after stop());
+        False if it had not within `timeout` seconds."""
+        from qtpy.QtWidgets import QApplication
+
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
+        return not self.busy
+
     def then(self, action: Callable):
         """Run `action` once the current job has ended (at once when idle)."""
         if self.busy:
