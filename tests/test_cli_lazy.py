@@ -93,9 +93,23 @@ def test_a_dask_distributed_cluster_gives_the_local_result_bit_for_bit(files, tm
                                   dashboard_address=None) as cluster:
         r = ok("predict", "--model", files / "rf.dlv", "--image", files / "img.tif", "--out", tmp_path / "seg.zarr",
                "--probabilities", tmp_path / "prob.tif", "--chunk", "128", "--dask-address", cluster.scheduler_address)
+        # A Zarr named relative to the user's folder: the workers, started
+        # elsewhere, read it as all fill values (zeros) before paths were made absolute.
+        zarr.create_array(str(tmp_path / "img.zarr"), data=tifffile.imread(files / "img.tif"), chunks=(128, 128))
+        rel = dlvision("predict", "--model", files / "rf.dlv", "--image", "img.zarr", "--out", "rel.zarr",
+                       "--dask-address", cluster.scheduler_address, cwd=tmp_path)
+        assert rel.returncode == 0, rel.stderr
     assert "on the cluster at tcp://" in r.stdout
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "seg.zarr"))[:], tifffile.imread(files / "rf_seg.tif"))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "prob.tif"), tifffile.imread(files / "rf_prob.tif"))
+    np.testing.assert_array_equal(zarr.open(str(tmp_path / "rel.zarr"))[:], tifffile.imread(files / "rf_seg.tif"))
+
+
+def test_a_boolean_zarr_image_is_predicted_by_a_unet(files, tmp_path):
+    # np.percentile refuses booleans: the normalisation gave a TypeError traceback.
+    zarr.create_array(str(tmp_path / "mask.zarr"), data=tifffile.imread(files / "img.tif") > 0.5, chunks=(128, 128))
+    ok("predict", "--model", files / "unet.dlv", "--image", tmp_path / "mask.zarr", "--out", tmp_path / "seg.zarr")
+    assert zarr.open(str(tmp_path / "seg.zarr")).shape == (300, 340)
 
 
 def test_denoiser_in_blocks_returns_the_input_layout(files, tmp_path):

@@ -141,7 +141,8 @@ def open_lazy(path) -> LazyImage:
     if is_zarr(path):
         zarr = _zarr()
         try:
-            node = zarr.open(str(path), mode="r")
+            # Absolute: worker processes of a cluster open it from their own folders.
+            node = zarr.open(str(path.resolve()), mode="r")
         except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a broken store
             raise UserInputError(f"{path}: not a readable Zarr store ({type(e).__name__})") from None
         if isinstance(node, zarr.Array):

@@ -41,6 +41,8 @@ class Normalisation:
         out = np.empty((image_cf.shape[0], 2), np.float64)
         for c, ch in enumerate(image_cf):
             flat = ch.reshape(-1)
+            if flat.dtype == bool:  # a mask given as the image (np.percentile refuses booleans)
+                flat = flat.view(np.uint8)
             step = max(1, flat.size // self.max_samples)
             lo, hi = np.percentile(flat[::step], (self.low, self.high))
             out[c] = lo, 1.0 / max(hi - lo, 1e-6 * max(abs(hi), 1.0), 1e-12)
