@@ -168,6 +168,19 @@ def test_several_outputs_are_checked_before_any_is_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inst.tif", "seg.png"]
 
 
+def test_outputs_are_renamed_into_place_all_or_none(tmp_path):
+    """The second output fails while being written: the first, already written,
+    is not renamed into place, and the file from an earlier run stays."""
+    from napari_dlvision.core.apply import write_outputs
+
+    tifffile.imwrite(tmp_path / "seg.tif", np.full((4, 4), 7, np.uint8))  # an earlier run's
+    (tmp_path / "prob.tif").mkdir()  # a folder where the second output should go
+    with pytest.raises(UserInputError, match="is a folder"):
+        write_outputs({tmp_path / "seg.tif": np.ones((4, 4), np.uint8), tmp_path / "prob.tif": np.zeros((4, 4))})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prob.tif", "seg.tif"]  # no temporary left
+    assert (tifffile.imread(tmp_path / "seg.tif") == 7).all()
+
+
 def test_messages_name_the_output_not_its_temporary_name(tmp_path):
     tmp = partial_name(tmp_path / "model.dlv")
     assert tmp.name.startswith(".model.dlv.") and final_name(tmp) == str(tmp_path / "model.dlv")

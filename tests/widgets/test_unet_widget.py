@@ -279,3 +279,24 @@ def test_closing_the_viewer_while_training_stops_the_job_first(qtbot, widget):
     assert viewer.window._task_status_manager.is_busy()
     viewer.close()
     assert widget._closed and not widget.runner.busy
+
+
+def test_save_while_training_is_refused_before_the_file_dialog(qtbot, widget, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_dlvision.widgets.parts import ModelRow
+
+    asked = []
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: asked.append(a) or ("", ""))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: asked.append(a) or ("", ""))
+    row = widget.findChildren(ModelRow)[0]
+    qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
+    assert widget.runner.busy
+    for btn in (row.save_btn, row.load_btn):
+        qtbot.mouseClick(btn, Qt.MouseButton.LeftButton)
+        assert widget.status.text() == "wait for the running job, or press Stop"
+    assert asked == []  # the user picked no file only to be told no
+    widget.runner.stop()
+    wait_idle(qtbot, widget)
+    qtbot.mouseClick(row.save_btn, Qt.MouseButton.LeftButton)
+    assert len(asked) == 1

@@ -20,6 +20,7 @@ import argparse
 import importlib
 import signal
 import sys
+from concurrent.futures import BrokenExecutor
 
 from .. import __version__
 
@@ -97,6 +98,11 @@ def _main(argv) -> int:
         return 1
     except MemoryError:
         print("dlvision: error: out of memory; try a smaller image, tile or batch", file=sys.stderr)
+        return 1
+    except BrokenExecutor:
+        # --scheduler processes: a worker killed (by the kernel's out-of-memory killer, say)
+        print("dlvision: error: a worker process ended abruptly (killed, or out of memory?); "
+              "no partial output was left behind", file=sys.stderr)
         return 1
     except OSError as e:
         from ..core.io import final_name

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import UserInputError
 from .events import Progress
-from .io import WRITE_SUFFIXES, channel_axis_for, png_array, read_image, write_image
+from .io import WRITE_SUFFIXES, atomic_outputs, channel_axis_for, png_array, read_image, write_image
 
 
 def output_suffix(model, output: str) -> str:
@@ -56,13 +56,15 @@ def write_output(path, value) -> Path:
 
 
 def write_outputs(outputs: dict) -> list[Path]:
-    """Write {path: result}, each checked first: one that its format cannot
-    hold (e.g. more instances than a PNG holds) fails before any is written,
-    so a run does not end with part of its outputs."""
+    """Write {path: result}, all or none: each is checked first (one that its
+    format cannot hold, e.g. more instances than a PNG holds, fails before any
+    is written), and all are renamed into place only once every one is
+    written (a full disk on the second leaves no first)."""
     for path, value in outputs.items():
         if isinstance(value, np.ndarray) and Path(path).suffix.lower() == ".png":
             png_array(path, value)
-    return [write_output(path, value) for path, value in outputs.items()]
+    with atomic_outputs():
+        return [write_output(path, value) for path, value in outputs.items()]
 
 
 def predict_file(model, path, channel_axis=None, spacing=None, wanted=None, **options) -> dict:

@@ -9,6 +9,7 @@ output that would overwrite one of the inputs.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import secrets
@@ -112,11 +113,39 @@ def atomic_output(path):
         # it can leave an empty file under the final name on some systems.
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        group = _GROUP.get()
+        if group is None:
+            os.replace(tmp, target)
+        else:
+            group.append((tmp, target))  # renamed with the group's others (atomic_outputs)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+_GROUP: contextvars.ContextVar[list | None] = contextvars.ContextVar("atomic_group", default=None)
+
+
+@contextlib.contextmanager
+def atomic_outputs():
+    """Outputs written inside this block (through atomic_output) are renamed
+    into place together at its end, or none is: a run that fails on its
+    second output (a full disk, say) does not leave its first one, which
+    would then sit beside a second from an earlier run."""
+    group = []
+    token = _GROUP.set(group)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in group:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    finally:
+        _GROUP.reset(token)
+    for tmp, target in group:
+        os.replace(tmp, target)
 
 
 def partial_name(target: Path) -> Path:

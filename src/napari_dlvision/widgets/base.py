@@ -15,7 +15,7 @@ from ..core.errors import UserInputError
 from ..core.events import n_epochs, n_steps
 from .gc_pauses import freeze_long_lived, thaw_then_refreeze, watch_layer_removals
 from .jobs import JobRunner, describe_error
-from .parts import LayerPicker, PreviewHistory
+from .parts import LayerPicker, ModelRow, PreviewHistory
 
 MIN_DOCK_HEIGHT = 300  # pixels: two docks still fit a laptop's window one above the other
 CLOSE_WAIT_S = 15.0  # the longest closing the viewer waits for a stopped job (an import of torch cannot stop)
@@ -81,6 +81,10 @@ class ModelWidget(QWidget):
         p = LayerPicker(self.viewer, layer_type, on_change, **kw)
         self.pickers.append(p)
         return p
+
+    def model_row(self, what: str, default_name: str) -> ModelRow:
+        """Save… / Load… for this widget's model; refused before the dialog while a job runs."""
+        return ModelRow(what, default_name, self.save_model, self.load_model, refused=self.busy)
 
     def on_close(self, fn):
         """Run `fn` when the widget is closed or taken out of its dock."""

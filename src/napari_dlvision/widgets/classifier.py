@@ -29,7 +29,7 @@ from .class_table import ClassTable
 from .classifier_jobs import load_job, predict_job, train_job
 from .classifier_views import ConfusionTable, FilterBar, filtered
 from .layers import OUTPUT_TAG, show_output
-from .parts import Field, ModelRow, RunPanel, SettingsForm
+from .parts import Field, RunPanel, SettingsForm
 
 ARCHS = ("fast", "logreg", "mlp", "filters-mlp", "cnn", "cnn-bn", "resnet18")  # = dl.classify_nets.ARCHS
 FIELDS = [
@@ -95,7 +95,7 @@ class ClassifierWidget(ModelWidget):
         lay.addWidget(self.filter_bar)
         self.confusion = ConfusionTable()
         lay.addWidget(self.confusion)
-        lay.addWidget(ModelRow("classifier", "classifier.dlv", self.save_model, self.load_model))
+        lay.addWidget(self.model_row("classifier", "classifier.dlv"))
         lay.addStretch()
         self.on_close(self._release)
 

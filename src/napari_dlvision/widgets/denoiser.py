@@ -21,7 +21,7 @@ from .base import ModelWidget
 from .denoise_jobs import Layout, predict_job, train_job
 from .layers import OUTPUT_TAG, find_output, image_input, show_output, spatial_shape, visible_box
 from .lazy_layers import LazyPredictions, is_lazy
-from .parts import ApplyRow, Field, ModelRow, RunPanel, SettingsForm
+from .parts import ApplyRow, Field, RunPanel, SettingsForm
 
 MODES = {"Noise2Void (noisy image only)": "n2v", "Noise2Noise (two noisy acquisitions)": "n2n",
          "Supervised (clean target)": "supervised"}
@@ -95,7 +95,7 @@ class DenoiserWidget(ModelWidget):
             self.panel.stop_btn, self.panel.progress, self.panel.status, self.panel.plot)
         lay.addWidget(self.panel)
         self.add_preview_history(lay)
-        lay.addWidget(ModelRow("denoiser", "denoiser.dlv", self.save_model, self.load_model))
+        lay.addWidget(self.model_row("denoiser", "denoiser.dlv"))
         self.apply_picker = self.picker(Image, accept=is_input)
         lay.addWidget(ApplyRow(self.apply_picker, self.predict_layer, self.predict_folder,
                                "Denoise layer", "Denoise folder…"))

@@ -22,7 +22,7 @@ from .box_layers import box_counts, boxes_from_layer, choose_class, new_boxes_la
 from .box_review import BoxReview
 from .class_table import ClassTable
 from .layers import OUTPUT_TAG, image_input
-from .parts import ApplyRow, Field, ModelRow, RunPanel, SettingsForm
+from .parts import ApplyRow, Field, RunPanel, SettingsForm
 
 FIELDS = [
     Field("arch", "Architecture", DEFAULT_ARCH, choices=ARCHS,
@@ -130,7 +130,7 @@ class DetectorWidget(ModelWidget):
         self.gt_picker = self.picker((Shapes, Labels), accept=_not_output, prefer=_truth_preference)
         self.review = BoxReview(self, self.gt_picker)
         lay.addWidget(self.review)
-        lay.addWidget(ModelRow("detector", "detector.dlv", self.save_model, self.load_model))
+        lay.addWidget(self.model_row("detector", "detector.dlv"))
         self.apply_picker = self.picker(Image, accept=_not_output)
         lay.addWidget(ApplyRow(self.apply_picker, self.predict_layer, self.predict_folder, "Predict layer",
                                "Predict folder…"))

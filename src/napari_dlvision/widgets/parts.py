@@ -271,12 +271,14 @@ class PreviewHistory(QWidget):
 
 
 class ModelRow(QWidget):
-    """Save… / Load… buttons for model files; the callbacks get a path."""
+    """Save… / Load… buttons for model files; the callbacks get a path.
+    `refused()` is asked before a file dialog opens (a job running, say), so
+    that the user does not pick a file only to hear it cannot be done now."""
 
-    def __init__(self, what: str, default_name: str, on_save, on_load):
+    def __init__(self, what: str, default_name: str, on_save, on_load, refused=lambda: False):
         super().__init__()
         self.what, self.default_name = what, default_name
-        self.on_save, self.on_load = on_save, on_load
+        self.on_save, self.on_load, self.refused = on_save, on_load, refused
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
         self.save_btn = QPushButton(f"Save {what}…")
@@ -287,11 +289,15 @@ class ModelRow(QWidget):
         row.addWidget(self.load_btn)
 
     def _save(self):
+        if self.refused():
+            return
         path = QFileDialog.getSaveFileName(self, f"Save {self.what}", self.default_name, MODEL_FILTER)[0]
         if path:
             self.on_save(path)
 
     def _load(self):
+        if self.refused():
+            return
         path = QFileDialog.getOpenFileName(self, f"Load {self.what}", "", MODEL_FILTER)[0]
         if path:
             self.on_load(path)

@@ -21,7 +21,7 @@ from .base import ModelWidget
 from .layers import image_input, spatial_shape, visible_box
 from .outputs import PixelOutputs, with_displayable_instances
 from .lazy_layers import LazyPredictions, is_lazy
-from .parts import ApplyRow, ModelRow, RunPanel
+from .parts import ApplyRow, RunPanel
 
 LIVE_DELAY_MS = 150  # wait this long after a stroke before retraining
 CACHE_BYTES = 2 << 30  # features kept for live retraining
@@ -58,7 +58,7 @@ class PixelClassifierWidget(ModelWidget):
         self.train_btn = self.panel.buttons["Train and predict"]
         self.stop_btn, self.progress, self.status = self.panel.stop_btn, self.panel.progress, self.panel.status
         lay.addWidget(self.panel)
-        lay.addWidget(ModelRow("classifier", "classifier.dlv", self.save_model, self.load_model))
+        lay.addWidget(self.model_row("classifier", "classifier.dlv"))
         self.apply_combo = self.picker(Image)
         lay.addWidget(ApplyRow(self.apply_combo, self.apply_to_layer, self.apply_to_folder))
         self.lazy = LazyPredictions(self)

@@ -20,7 +20,7 @@ from .base import ModelWidget
 from .layers import image_input
 from .lazy_layers import LazyPredictions, is_lazy
 from .outputs import PixelOutputs, with_displayable_instances
-from .parts import ApplyRow, Field, ModelRow, RunPanel, SettingsForm
+from .parts import ApplyRow, Field, RunPanel, SettingsForm
 
 MODES = {"Sparse strokes (classes 1..K)": "sparse", "Dense instance masks": "dense"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -107,7 +107,7 @@ class UNetWidget(ModelWidget):
             self.panel.stop_btn, self.panel.progress, self.panel.status, self.panel.plot)
         lay.addWidget(self.panel)
         self.add_preview_history(lay)
-        lay.addWidget(ModelRow("U-Net", "unet.dlv", self.save_model, self.load_model))
+        lay.addWidget(self.model_row("U-Net", "unet.dlv"))
         self.export_run_btn = QPushButton("Export run for the command line…")
         self.export_run_btn.setToolTip("Write the image, the labels and a run file into an empty folder; "
                                        "`dlvision run FOLDER/run.json` trains the same U-Net there or on a "
