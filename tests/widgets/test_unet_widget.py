@@ -300,3 +300,12 @@ def test_save_while_training_is_refused_before_the_file_dialog(qtbot, widget, mo
     wait_idle(qtbot, widget)
     qtbot.mouseClick(row.save_btn, Qt.MouseButton.LeftButton)
     assert len(asked) == 1
+
+
+def test_continue_pressed_while_stopping_says_so_quietly(qtbot, widget):
+    qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(widget.panel.stop_btn, Qt.MouseButton.LeftButton)
+    assert widget.runner.busy  # the job ends at its next step, seen by the event loop
+    qtbot.mouseClick(widget.continue_btn, Qt.MouseButton.LeftButton)
+    assert widget.status.text() == "still stopping: try again in a moment"
+    wait_idle(qtbot, widget)

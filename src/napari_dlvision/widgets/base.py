@@ -115,7 +115,11 @@ class ModelWidget(QWidget):
 
     def busy(self) -> bool:
         if self.runner.busy:
-            self.error("wait for the running job, or press Stop")
+            if self.runner.job is not None and self.runner.job.stopped:
+                # Stop was pressed and the job ends at its next step: nothing is wrong.
+                self.error("still stopping: try again in a moment", quiet=True)
+            else:
+                self.error("wait for the running job, or press Stop")
             return True
         return False
 
