@@ -405,3 +405,18 @@ def test_renaming_the_image_renames_its_outputs_and_the_next_run_updates_them(qt
     # The outputs follow the image; the user's annotation layer keeps its name.
     assert before == ["nuclei", "nuclei segmentation", "nuclei instances", "nuclei annotations"]
     assert after == ["cells", "cells segmentation", "cells instances", "nuclei annotations"]
+
+
+def test_the_segmentation_removed_during_a_run_comes_back_with_its_result(qtbot, widget, sample2d):
+    labels = widget.new_annotation_layer()
+    paint_scribbles(labels, sample2d.scribbles, step=3)
+    viewer = widget.viewer
+    widget.train()
+    qtbot.waitUntil(lambda: "nuclei segmentation" in viewer.layers, timeout=60_000)
+    assert widget.runner.busy  # instances are still being computed
+    viewer.layers.remove("nuclei segmentation")
+    wait_idle(qtbot, widget)
+    assert widget.last_error is None and widget.status.text().startswith("Trained and predicted")
+    # The status reports a segmentation: it is there (it was lost, the blocks going into the removed layer).
+    assert iou(viewer.layers["nuclei segmentation"].data == NUCLEUS, sample2d.foreground) > 0.8
+    assert viewer.layers.selection.active is labels

@@ -146,6 +146,7 @@ class PixelOutputs(QWidget):
             return
         if "probabilities" in results and not t["layers"]:
             self.write_all(results["probabilities"])
+        self._restore_removed(t)
         self.refresh(force=True)
         inst = results.get("instances")
         if inst is not None:
@@ -153,6 +154,19 @@ class PixelOutputs(QWidget):
             # next turn of the event loop, after the segmentation has been drawn,
             # so the two costs do not add up into one longer freeze.
             QTimer.singleShot(0, lambda: self._show_instances(t, inst))
+
+    def _restore_removed(self, t):
+        """Output layers removed while the run filled them come back: they hold
+        this run's result, which the status line reports (the next run would
+        make them again anyway). The user's selected layer stays selected."""
+        gone = [layer for layer in t["layers"].values() if layer not in self.viewer.layers]
+        if not gone or t["image"] not in self.viewer.layers:
+            return
+        selected = self.viewer.layers.selection.active
+        for layer in gone:
+            self.viewer.add_layer(layer)
+        if selected is not None and selected in self.viewer.layers:
+            self.viewer.layers.selection.active = selected
 
     def _show_instances(self, t, inst):
         if self.target is not t or t["image"] not in self.viewer.layers:
