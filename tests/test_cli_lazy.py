@@ -233,3 +233,24 @@ def test_zarr_chunks_that_do_not_fit_the_network_are_regrouped(files, tmp_path):
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "seg.zarr"))[:], tifffile.imread(files / "unet_seg.tif"))
     np.testing.assert_allclose(zarr.open(str(tmp_path / "prob.zarr"))[:], tifffile.imread(files / "unet_prob.tif"),
                                atol=1e-5)
+
+
+def test_a_service_that_is_no_dask_scheduler_is_one_line_not_a_hang(files, tmp_path):
+    """It accepts the connection and never answers: distributed waited for good."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    try:
+        r = dlvision("predict", "--model", files / "rf.dlv", "--image", files / "img.tif",
+                     "--out", tmp_path / "seg.zarr", "--dask-address", f"tcp://127.0.0.1:{server.getsockname()[1]}",
+                     timeout=60)
+    finally:
+        server.close()
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "no dask scheduler answered" in lines[0], r.stderr
+    assert list(tmp_path.iterdir()) == []

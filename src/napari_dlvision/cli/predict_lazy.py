@@ -152,10 +152,7 @@ def _scheduler(args):
     except ImportError:
         raise UserInputError("--dask-address needs dask.distributed: pip install 'napari-dlvision[scale]'") \
             from None
-    try:
-        client = Client(args.dask_address, timeout="10s")
-    except (OSError, TimeoutError) as e:
-        raise UserInputError(f"no dask scheduler answered at {args.dask_address}: {e}") from None
+    client = _connect(Client, args.dask_address)
     try:
         with client.as_current():
             yield
@@ -163,3 +160,35 @@ def _scheduler(args):
         client.close()
 
 
+
+
+CONNECT_S = 10  # seconds to reach a dask scheduler
+
+
+def _connect(Client, address):
+    """A Client of the scheduler at `address`, or one line within CONNECT_S + 5 s.
+
+    distributed's own timeout covers the connection but not the handshake: a
+    service that answers but speaks another protocol (a web server at that
+    port) kept the command waiting for good. The handshake runs in a daemon
+    thread, given up on past the deadline (the process then exits anyway)."""
+    import threading
+
+    from ..core.errors import UserInputError
+
+    result = {}
+
+    def connect():
+        try:
+            result["client"] = Client(address, timeout=f"{CONNECT_S}s")
+        except Exception as e:  # noqa: BLE001 - reported below, in one line
+            result["error"] = e
+
+    thread = threading.Thread(target=connect, name="dask connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_S + 5)
+    if "client" in result:
+        return result["client"]
+    why = result.get("error")
+    why = f": {why}" if why is not None else f": no dask handshake within {CONNECT_S + 5} s (is it a dask scheduler?)"
+    raise UserInputError(f"no dask scheduler answered at {address}{why}")
