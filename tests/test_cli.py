@@ -68,6 +68,9 @@ def test_predict_folder(files, model, sample2d):
     assert r.returncode == 0, r.stderr
     assert tifffile.imread(files / "out" / "f2_segmentation.tif").shape == (102, 256)
     assert (files / "out" / "f0_probabilities.tif").is_file()
+    tifffile.imwrite(files / "in" / "f1.tiff", sample2d.image[:50])  # f1.tif's outputs would be overwritten
+    r = dlvision("predict", "--model", model, "--image", files / "in", "--out", files / "out2")
+    assert r.returncode == 1 and "f1.tif and f1.tiff share a name" in r.stderr, r.stderr
 
 
 def _rgb(tmp_path, sample2d):

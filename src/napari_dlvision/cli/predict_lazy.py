@@ -80,8 +80,12 @@ def run(args, kind):
     outputs = {args.out: results[model.MAIN_OUTPUT], **{path: results[k] for k, path in extra.items()}}
     blocks = results[model.MAIN_OUTPUT].npartitions
     with _scheduler(args):
-        where = f"the cluster at {args.dask_address}" if args.dask_address else \
-            f"{args.workers or 'all'} local {args.scheduler or 'threads'}"
+        if args.dask_address:
+            where = f"the cluster at {args.dask_address}"
+        elif args.scheduler == "synchronous":
+            where = "this process, one block at a time (synchronous)"
+        else:
+            where = f"{args.workers or 'all'} local {args.scheduler or 'threads'}"
         print(f"predicting {'x'.join(map(str, arr.shape[1:]))} in {blocks} block{'s' * (blocks != 1)} on {where}",
               flush=True)
         written = store(outputs, lazy.ome)

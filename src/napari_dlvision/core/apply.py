@@ -80,9 +80,12 @@ def predict_file(model, path, channel_axis=None, spacing=None, wanted=None, **op
 def folder_outputs(model, files, out_dir, wanted) -> dict[Path, dict[str, Path]]:
     """{input file: {output name: output file}}, refusing collisions before any work."""
     out_dir = Path(out_dir)
-    stems = [Path(p).stem for p in files]
-    if len(set(stems)) != len(stems):
-        raise UserInputError("several input files share a name (e.g. a.png and a.tif): outputs would collide")
+    seen: dict[str, Path] = {}
+    for p in map(Path, files):
+        if p.stem in seen:
+            raise UserInputError(f"{seen[p.stem].name} and {p.name} share a name: their outputs would collide; "
+                                 "rename one or move it to another folder")
+        seen[p.stem] = p
     in_dirs = {Path(p).resolve().parent for p in files}
     if out_dir.resolve() in in_dirs:
         raise UserInputError(
