@@ -164,8 +164,6 @@ def _scheduler(args):
         client.close()
 
 
-
-
 CONNECT_S = 10  # seconds to reach a dask scheduler
 
 

@@ -9,7 +9,7 @@ Memory stays flat in the image size: the work runs in strips along the first
 axis, each holding whole objects (connected parts of the mask) plus the rows
 the smoothing reads around them. Seeds are searched within each object (the
 smoothed distance is set to zero outside the mask), so nothing reaches from
-one object into another and no strip depends on the others: about 14 bytes
+one object into another and no strip depends on the others: about 15 bytes
 a pixel plus the strip's working memory, where one pass over the whole image
 took about 120 (scikit-image's h_maxima alone 102).
 """

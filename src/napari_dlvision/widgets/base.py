@@ -36,6 +36,7 @@ class ModelWidget(QWidget):
         self._history_image = None  # the layer those previews showed
         self._cleanups = []
         self._closed = False
+        self._task_id = None  # our entry in napari's list of running tasks
         freeze_long_lived()  # napari's start-up objects: full collections stop freezing the viewer
         watch_layer_removals(napari_viewer)
 
@@ -143,12 +144,12 @@ class ModelWidget(QWidget):
             return
         from napari.utils.task_status import Status
 
-        if busy and getattr(self, "_task_id", None) is None:
-            self._task_id = register("napari-dlvision", Status.BUSY, f"the {self.WHAT} dock's job is running",
+        status = Status.BUSY if busy else Status.COMPLETED
+        if self._task_id is None:  # one entry for the widget's life: napari keeps every entry
+            self._task_id = register("napari-dlvision", status, f"the {self.WHAT} dock's job is running",
                                      cancel_callback=self._viewer_closing)
-        elif not busy and getattr(self, "_task_id", None) is not None:
-            window._update_task_status(self._task_id, Status.COMPLETED)
-            self._task_id = None
+        else:
+            window._update_task_status(self._task_id, status, f"the {self.WHAT} dock's job is running")
 
     def _viewer_closing(self) -> bool:
         """The viewer's window is closing: stop the job and let it end."""
