@@ -274,11 +274,11 @@ def test_closing_the_viewer_while_training_stops_the_job_first(qtbot, widget):
     widget.settings_form.set_value("steps", 5000)
     qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: "cells segmentation (U-Net)" in viewer.layers, timeout=TIMEOUT_MS)
-    assert widget.runner.busy
-    # napari lists the job, so that closing the window asks the user first.
-    assert viewer.window._task_status_manager.is_busy()
+    job = widget.runner.job
+    assert widget.runner.busy and not job.ended.is_set()
     viewer.close()
-    assert widget._closed and not widget.runner.busy
+    # The dock was deleted with the window: its job was stopped, and its thread was done with it.
+    assert widget.runner.closed and job.stopped and job.ended.is_set()
 
 
 def test_save_while_training_is_refused_before_the_file_dialog(qtbot, widget, monkeypatch):

@@ -5,6 +5,7 @@ viewer's events when the widget goes away.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from napari.utils.notifications import show_error, show_info
@@ -18,7 +19,6 @@ from .jobs import JobRunner, describe_error
 from .parts import LayerPicker, ModelRow, PreviewHistory
 
 MIN_DOCK_HEIGHT = 300  # pixels: two docks still fit a laptop's window one above the other
-CLOSE_WAIT_S = 15.0  # the longest closing the viewer waits for a stopped job (an import of torch cannot stop)
 
 
 class ModelWidget(QWidget):
@@ -36,7 +36,9 @@ class ModelWidget(QWidget):
         self._history_image = None  # the layer those previews showed
         self._cleanups = []
         self._closed = False
-        self._task_id = None  # our entry in napari's list of running tasks
+        # Closing the viewer deletes the dock without closing it (no cleanup):
+        # its job must then stop and end before Python or the session goes on.
+        self.destroyed.connect(functools.partial(_shut_down, self.runner))
         freeze_long_lived()  # napari's start-up objects: full collections stop freezing the viewer
         watch_layer_removals(napari_viewer)
 
@@ -125,36 +127,12 @@ class ModelWidget(QWidget):
         return False
 
     def _set_busy(self, busy: bool):
-        self._tell_napari(busy)
         if self._closed:
             return
         if self.panel is not None:
             self.panel.set_busy(busy)
         if self.history is not None:
             self.history.set_busy(busy)
-
-    def _tell_napari(self, busy: bool):
-        """Register a running job with napari's task list, so that closing the
-        window asks the user first, and stops the job (cancel) before the
-        window's Qt objects go: events of a job still running then met a
-        deleted widget, and Python aborted (exit 134)."""
-        window = getattr(self.viewer, "window", None)
-        register = getattr(window, "_register_task_status", None)  # napari >= 0.5; private
-        if register is None:
-            return
-        from napari.utils.task_status import Status
-
-        status = Status.BUSY if busy else Status.COMPLETED
-        if self._task_id is None:  # one entry for the widget's life: napari keeps every entry
-            self._task_id = register("napari-dlvision", status, f"the {self.WHAT} dock's job is running",
-                                     cancel_callback=self._viewer_closing)
-        else:
-            window._update_task_status(self._task_id, status, f"the {self.WHAT} dock's job is running")
-
-    def _viewer_closing(self) -> bool:
-        """The viewer's window is closing: stop the job and let it end."""
-        self.cleanup()
-        return self.runner.wait(CLOSE_WAIT_S)
 
     def _job_failed(self, message, job):
         if not self._closed:
@@ -368,3 +346,8 @@ class ModelWidget(QWidget):
         return super().event(e)
 
     _was_docked = False
+
+
+def _shut_down(runner: JobRunner, *_):
+    # A module function: a method of the deleted widget would not be called.
+    runner.shut_down()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from napari.qt.threading import create_worker
+from qtpy.QtCore import Qt
 
 from ..core.errors import UserInputError
 
@@ -44,6 +45,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 SHOW_WAIT_S = 2.0  # the longest a worker waits for the viewer to show an event
+CLOSE_WAIT_S = 15.0  # the longest a closing window waits for a stopped job (an import of torch cannot stop)
 
 
 class Shown:
@@ -73,6 +75,7 @@ class Job:
     error: str | None = None
     stopped: bool = False
     shown: Shown = field(default_factory=Shown)
+    ended: threading.Event = field(default_factory=threading.Event)  # its worker thread is done with it
 
     @property
     def seconds(self) -> float:
@@ -90,11 +93,12 @@ class JobFailed(Exception):
         self.original = original
 
 
-def _drain(gen, shown: Shown):
+def _drain(gen, job: Job):
     """Generator function wrapping a generator, as napari's workers want; after an
-    event with a payload it waits (briefly) until the main thread has shown it."""
+    event with a payload it waits (briefly) until the main thread has shown it.
+    Ends by itself once the job is stopped."""
     events, n = iter(gen), 0
-    while True:
+    while not job.stopped:
         try:
             event = next(events)
         except StopIteration:
@@ -104,7 +108,7 @@ def _drain(gen, shown: Shown):
         n += 1
         yield event
         if getattr(event, "payload", None):
-            shown.wait_for(n, SHOW_WAIT_S)
+            job.shown.wait_for(n, SHOW_WAIT_S)
 
 
 class JobRunner:
@@ -115,6 +119,7 @@ class JobRunner:
         self.worker = None
         self.job: Job | None = None
         self._after: Callable | None = None  # to run once the current job has ended
+        self.closed = False  # its widget is gone: events are no longer shown
 
     @property
     def busy(self) -> bool:
@@ -126,9 +131,12 @@ class JobRunner:
         job = self.job = Job(gen, on_event, on_end, context)
         # Connecting "errored" stops napari from re-raising in the event loop.
         self.worker = create_worker(
-            _drain, gen, job.shown, _start_thread=False,
+            _drain, gen, job, _start_thread=False,
             _connect={"yielded": self._yielded, "errored": self._errored, "finished": self._finished},
         )
+        # In the worker's thread, as it finishes (a queued signal would wait for the
+        # event loop): shut_down() waits on it while the main thread is busy closing.
+        self.worker.finished.connect(job.ended.set, Qt.ConnectionType.DirectConnection)
         self.on_state(True)
         self.worker.start()
         return job
@@ -140,16 +148,16 @@ class JobRunner:
             self.job.stopped = True
             self.worker.quit()
 
-    def wait(self, timeout: float) -> bool:
-        """Handle the running job's events until it has ended (after stop());
-        False if it had not within `timeout` seconds."""
-        from qtpy.QtWidgets import QApplication
-
-        deadline = time.monotonic() + timeout
-        while self.busy and time.monotonic() < deadline:
-            QApplication.processEvents()
-            time.sleep(0.01)
-        return not self.busy
+    def shut_down(self, timeout: float = CLOSE_WAIT_S) -> bool:
+        """The widget is being deleted (its window closed): stop the job, show
+        nothing more, and wait until its thread is done with it. A job still
+        running met deleted Qt objects, and Python aborted (exit 134)."""
+        self.closed = True
+        self._after = None
+        if self.job is None:
+            return True
+        self.stop()
+        return self.job.ended.wait(timeout)
 
     def then(self, action: Callable):
         """Run `action` once the current job has ended (at once when idle)."""
@@ -160,6 +168,9 @@ class JobRunner:
 
     def _yielded(self, event):
         job = self.job
+        if self.closed:
+            job.shown.one_more()
+            return
         if getattr(event, "stage", None) == "done":
             job.complete = True
         try:
@@ -180,7 +191,8 @@ class JobRunner:
             log.error("job failed", exc_info=exc)
         job = self.job
         job.error = describe_error(exc)
-        self.on_error(job.error, job)
+        if not self.closed:
+            self.on_error(job.error, job)
         if self.worker is not None:
             self.worker.quit()
 
@@ -191,7 +203,10 @@ class JobRunner:
         except Exception as e:  # noqa: BLE001
             log.error("closing the job failed", exc_info=e)
             job.error = job.error or describe_error(e)
-            self.on_error(job.error, job)
+            if not self.closed:
+                self.on_error(job.error, job)
+        if self.closed:
+            return
         self.on_state(False)
         if job.on_end is not None:
             job.on_end(job)
