@@ -418,5 +418,7 @@ def test_the_segmentation_removed_during_a_run_comes_back_with_its_result(qtbot,
     wait_idle(qtbot, widget)
     assert widget.last_error is None and widget.status.text().startswith("Trained and predicted")
     # The status reports a segmentation: it is there (it was lost, the blocks going into the removed layer).
-    assert iou(viewer.layers["nuclei segmentation"].data == NUCLEUS, sample2d.foreground) > 0.8
+    seg = viewer.layers["nuclei segmentation"]
+    assert iou(seg.data == NUCLEUS, sample2d.foreground) > 0.8
     assert viewer.layers.selection.active is labels
+    assert list(viewer.layers).index(seg) == 1  # above the image, under the strokes as before

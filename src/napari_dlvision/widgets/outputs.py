@@ -163,8 +163,8 @@ class PixelOutputs(QWidget):
         if not gone or t["image"] not in self.viewer.layers:
             return
         selected = self.viewer.layers.selection.active
-        for layer in gone:
-            self.viewer.add_layer(layer)
+        for layer in reversed(gone):  # just above the image, under the strokes, in their first order
+            self.viewer.layers.insert(self.viewer.layers.index(t["image"]) + 1, layer)
         if selected is not None and selected in self.viewer.layers:
             self.viewer.layers.selection.active = selected
 
