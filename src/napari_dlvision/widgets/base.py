@@ -127,8 +127,6 @@ class ModelWidget(QWidget):
         return False
 
     def _set_busy(self, busy: bool):
-        if self._closed:
-            return
         if self.panel is not None:
             self.panel.set_busy(busy)
         if self.history is not None:

@@ -93,12 +93,11 @@ class JobFailed(Exception):
         self.original = original
 
 
-def _drain(gen, job: Job):
+def _drain(gen, shown: Shown):
     """Generator function wrapping a generator, as napari's workers want; after an
-    event with a payload it waits (briefly) until the main thread has shown it.
-    Ends by itself once the job is stopped."""
+    event with a payload it waits (briefly) until the main thread has shown it."""
     events, n = iter(gen), 0
-    while not job.stopped:
+    while True:
         try:
             event = next(events)
         except StopIteration:
@@ -108,7 +107,7 @@ def _drain(gen, job: Job):
         n += 1
         yield event
         if getattr(event, "payload", None):
-            job.shown.wait_for(n, SHOW_WAIT_S)
+            shown.wait_for(n, SHOW_WAIT_S)
 
 
 class JobRunner:
@@ -131,7 +130,7 @@ class JobRunner:
         job = self.job = Job(gen, on_event, on_end, context)
         # Connecting "errored" stops napari from re-raising in the event loop.
         self.worker = create_worker(
-            _drain, gen, job, _start_thread=False,
+            _drain, gen, job.shown, _start_thread=False,
             _connect={"yielded": self._yielded, "errored": self._errored, "finished": self._finished},
         )
         # In the worker's thread, as it finishes (a queued signal would wait for the

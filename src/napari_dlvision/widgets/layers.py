@@ -141,6 +141,13 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
     layer = cls(data, **kw)
     for k, v in after.items():
         setattr(layer, k, v)
+    place_output(viewer, layer, keep_selected)
+    return layer
+
+
+def place_output(viewer, layer, keep_selected=None) -> None:
+    """Insert an output layer below `keep_selected` (the user's annotation
+    layer), leaving the selection the user's (see show_output)."""
     keep = keep_selected if keep_selected is not None and keep_selected in viewer.layers else None
     # Straight below the annotation layer, which is selected again: no move
     # afterwards. Adding a layer is napari's most expensive step on the main
@@ -156,7 +163,6 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
         restored = before if before is not None and before in viewer.layers else keep
         if restored is not None:
             viewer.layers.selection.active = restored
-    return layer
 
 
 @contextmanager

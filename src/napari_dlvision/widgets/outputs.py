@@ -15,7 +15,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QWidget
 
 from ..core.probabilities import segmentation, uncertainty
-from .layers import class_colormap, show_output
+from .layers import class_colormap, place_output, show_output
 
 REFRESH_S = 0.15  # redraw output layers at most this often while predicting
 SEG_OPACITY = 0.4  # strokes (opacity 1) stay visible over a segmentation of their colour
@@ -156,17 +156,14 @@ class PixelOutputs(QWidget):
             QTimer.singleShot(0, lambda: self._show_instances(t, inst))
 
     def _restore_removed(self, t):
-        """Output layers removed while the run filled them come back: they hold
-        this run's result, which the status line reports (the next run would
-        make them again anyway). The user's selected layer stays selected."""
-        gone = [layer for layer in t["layers"].values() if layer not in self.viewer.layers]
-        if not gone or t["image"] not in self.viewer.layers:
+        """Output layers removed while the run filled them come back, placed as
+        when made: they hold this run's result, which the status line reports
+        (the next run would make them again anyway)."""
+        if t["image"] not in self.viewer.layers:
             return
-        selected = self.viewer.layers.selection.active
-        for layer in reversed(gone):  # just above the image, under the strokes, in their first order
-            self.viewer.layers.insert(self.viewer.layers.index(t["image"]) + 1, layer)
-        if selected is not None and selected in self.viewer.layers:
-            self.viewer.layers.selection.active = selected
+        for layer in t["layers"].values():
+            if layer not in self.viewer.layers:
+                place_output(self.viewer, layer, keep_selected=t["annotations"])
 
     def _show_instances(self, t, inst):
         if self.target is not t or t["image"] not in self.viewer.layers:
