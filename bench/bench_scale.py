@@ -9,12 +9,14 @@ reports peak RSS and megapixels per second:
 - where it fits, both paths also timed inside one process after the imports
   ("compute"): at 2048 x 2048 a process spends as long starting as predicting,
 - the forest on a dask.distributed LocalCluster of 2 single-threaded workers
-  against local threads (`--cluster-size`).
+  against local threads (`--cluster-size`),
+- with `--instances`, the forest again with instances (touching objects
+  split, strip by strip from the written segmentation on the tiled path).
 Goals (issue "Headless at scale"): forest peak under 1 GB at every size;
 tiled throughput within 10% of in-memory where that fits; the LocalCluster
 no slower than local threads by more than 20%.
 
-    .venv/bin/python bench/bench_scale.py [--sizes 2048,8192,16384,32768] [--unet-sizes 2048,8192]
+    .venv/bin/python bench/bench_scale.py [--sizes 2048,8192,16384,32768] [--unet-sizes 2048,8192] [--instances]
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def main():
     ap.add_argument("--unet-sizes", default="2048,8192")
     ap.add_argument("--in-memory-up-to", type=int, default=8192)
     ap.add_argument("--cluster-size", type=int, default=8192)
+    ap.add_argument("--instances", action="store_true", help="also time the forest with --instances")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from napari_dlvision.data.synthetic import nuclei
@@ -130,6 +133,12 @@ def main():
                 rows.append({"model": model, "size": side, "path": "tiled (threads)", "s": t, "mpx_s": mpx / t,
                              "peak_gb": peak / 2**30})
                 print(rows[-1], flush=True)
+                if model == "rf" and args.instances:
+                    t, peak = cli("predict", "--model", d / "rf.dlv", "--image", src, "--out", d / f"rf{side}.zarr",
+                                  "--instances", d / f"inst{side}.zarr", "--overwrite")
+                    rows.append({"model": model, "size": side, "path": "tiled + instances", "s": t,
+                                 "mpx_s": mpx / t, "peak_gb": peak / 2**30})
+                    print(rows[-1], flush=True)
                 if side <= args.in_memory_up_to:
                     import tifffile
                     import zarr
@@ -140,6 +149,12 @@ def main():
                     rows.append({"model": model, "size": side, "path": "whole image", "s": t, "mpx_s": mpx / t,
                                  "peak_gb": peak / 2**30})
                     print(rows[-1], flush=True)
+                    if model == "rf" and args.instances:
+                        t, peak = cli("predict", "--model", d / "rf.dlv", "--image", d / "whole.tif",
+                                      "--out", d / "whole_seg.tif", "--instances", d / "whole_inst.tif")
+                        rows.append({"model": model, "size": side, "path": "whole + instances", "s": t,
+                                     "mpx_s": mpx / t, "peak_gb": peak / 2**30})
+                        print(rows[-1], flush=True)
                     (d / "cmp").mkdir(exist_ok=True)
                     tiled, whole = compute_times(d / f"{model}.dlv", src, d / "whole.tif", d / "cmp")
                     shutil.rmtree(d / "cmp")
@@ -160,7 +175,8 @@ def main():
                 shutil.rmtree(p, ignore_errors=True)
     print(f"\n{'model':6} {'size':>6} {'path':18} {'s':>8} {'Mpx/s':>7} {'peak GB':>8}  ratio")
     for r in rows:
-        ref = "tiled, compute" if "compute" in r["path"] else "tiled (threads)"
+        ref = "tiled, compute" if "compute" in r["path"] else \
+            "tiled + instances" if "instances" in r["path"] else "tiled (threads)"
         base = next((b for b in rows if b["model"] == r["model"] and b["size"] == r["size"]
                      and b["path"] == ref), r)
         print(f"{r['model']:6} {r['size']:>6} {r['path']:18} {r['s']:8.1f} {r['mpx_s']:7.2f} {r['peak_gb']:8.2f}"

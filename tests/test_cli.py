@@ -133,6 +133,12 @@ def test_train_unet_dense_folder_with_time_limit(tmp_path, sample2d):
     assert r.returncode == 0, r.stderr
     meta = json.loads(dlvision("info", tmp_path / "d.dlv").stdout)
     assert meta["mode"] == "dense" and meta["training"]["stopped"] == "time limit"
+    # Its instances come from interior and boundary probabilities, which the
+    # tiled path does not keep: refused there in one line, before any block.
+    r = dlvision("predict", "--model", tmp_path / "d.dlv", "--image", tmp_path / "images" / "a.tif",
+                 "--out", tmp_path / "s.zarr", "--instances", tmp_path / "i.zarr")
+    assert r.returncode == 1 and "instance masks" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s.zarr").exists()
     r = dlvision("train", "unet", "--masks-dir", tmp_path / "nothing", "--out", tmp_path / "x.dlv")
     assert r.returncode == 1 and r.stderr.startswith("dlvision: error:")
 

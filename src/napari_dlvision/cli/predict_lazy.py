@@ -34,6 +34,9 @@ def _tiff_bytes(path) -> int:
 
 
 def run(args, kind):
+    import dask.array as da
+    import numpy as np
+
     from .. import kinds
     from ..core.errors import UserInputError
     from ..core.io import channel_axis_for, check_outputs, outputs_inside
@@ -47,22 +50,24 @@ def run(args, kind):
                              f"detectors; {args.model} is {kind.a_title}")
     if args.image.is_dir() and not is_zarr(args.image):
         raise UserInputError("dask options take one image (a TIFF or a Zarr store), not a folder of images")
-    if args.instances is not None:
-        raise UserInputError("--instances needs the whole image at once; it is not computed tile by tile")
-    if args.foreground is not None:
-        raise UserInputError("--foreground is for --instances, which is not computed tile by tile")
+    if args.foreground is not None and args.instances is None:
+        raise UserInputError("--foreground chooses the class that --instances splits; give --instances too")
     if args.scheduler is not None and args.dask_address is not None:
         raise UserInputError("give --scheduler or --dask-address, not both")
     extra = {k: getattr(args, k) for k in ("probabilities", "uncertainty") if getattr(args, k) is not None}
-    check_outputs([args.image, args.model], [args.out, *extra.values()], folders_ok=True)
-    if args.image.is_dir() and any(outputs_inside(args.image, p) for p in [args.out, *extra.values()]):
+    paths = [args.out, *extra.values()] + ([args.instances] if args.instances is not None else [])
+    check_outputs([args.image, args.model], paths, folders_ok=True)
+    if args.image.is_dir() and any(outputs_inside(args.image, p) for p in paths):
         raise UserInputError(f"an output inside the input store {args.image} would change the input")
-    for path in [args.out, *extra.values()]:
+    for path in paths:
         check_lazy_output(path)
         if path.exists() and not args.overwrite:
             raise UserInputError(f"{path} exists; add --overwrite to replace it")
     model = kind.load(args.model)
-    task_options(args, kind, model)  # flags of another task are refused, as in memory
+    foreground = task_options(args, kind, model).get("foreground")  # flags of another task are refused
+    if args.instances is not None and (kind.task != kinds.PIXELS or getattr(model, "mode", None) == "dense"):
+        raise UserInputError("--instances tile by tile splits one class of the segmentation; a U-Net trained on "
+                             "instance masks needs its probabilities whole: predict a TIFF that fits in memory")
     lazy = open_lazy(args.image)
     channel_axis = args.channel_axis if args.channel_axis is not None else lazy.channel_axis
     if channel_axis is None:
@@ -79,6 +84,13 @@ def run(args, kind):
         results["denoised"] = den[0] if channel_axis is None else _moveaxis(den, 0, channel_axis)
     outputs = {args.out: results[model.MAIN_OUTPUT], **{path: results[k] for k, path in extra.items()}}
     blocks = results[model.MAIN_OUTPUT].npartitions
+    derived = []
+    if args.instances is not None:
+        seg = results[model.MAIN_OUTPUT]
+        fg = model.n_classes if foreground is None else foreground
+        spacing = args.spacing if args.spacing is not None else getattr(model, "spacing", None)
+        derived.append((args.instances, da.zeros(seg.shape, np.int32, chunks=seg.chunks),
+                        lambda written, target: _split_objects(written[args.out], fg, target, spacing)))
     with _scheduler(args):
         if args.dask_address:
             where = f"the cluster at {args.dask_address}"
@@ -88,8 +100,21 @@ def run(args, kind):
             where = f"{args.workers or 'all'} local {args.scheduler or 'threads'}"
         print(f"predicting {'x'.join(map(str, arr.shape[1:]))} in {blocks} block{'s' * (blocks != 1)} on {where}",
               flush=True)
-        written = store(outputs, lazy.ome)
+        written = store(outputs, lazy.ome, derived=derived)
     print("wrote " + ", ".join(map(str, written)))
+
+
+def _split_objects(seg, foreground: int, target, spacing) -> None:
+    """Instances of class `foreground` of the written segmentation, strip by strip
+    from the store (core.instances.split_in_strips): memory stays that of a strip."""
+    import sys
+
+    from ..core.instances import split_in_strips
+
+    print(f"splitting the objects of class {foreground} into instances, strip by strip", file=sys.stderr, flush=True)
+    n = split_in_strips(lambda lo, hi: seg[lo:hi] == foreground, target, spacing,
+                        on_strip=lambda done, total: _bar(done, total, "rows"))
+    print(f"{n} objects", file=sys.stderr, flush=True)
 
 
 def _detect(args, kind):
@@ -122,12 +147,16 @@ def _detect(args, kind):
 
 
 def _tile_bar(done: int, total: int) -> None:
+    _bar(done, total, "tile")
+
+
+def _bar(done: int, total: int, what: str) -> None:
     """A one-line progress bar on stderr, like dask's for the pixel models."""
     import sys
 
     filled = 40 * done // max(total, 1)
     end = "\n" if done >= total else ""
-    print(f"\r[{'#' * filled}{' ' * (40 - filled)}] | {100 * done // max(total, 1)}% | tile {done}/{total}",
+    print(f"\r[{'#' * filled}{' ' * (40 - filled)}] | {100 * done // max(total, 1)}% | {what} {done}/{total}",
           end=end, file=sys.stderr, flush=True)
 
 
@@ -157,11 +186,27 @@ def _scheduler(args):
         raise UserInputError("--dask-address needs dask.distributed: pip install 'napari-dlvision[scale]'") \
             from None
     client = _connect(Client, args.dask_address)
+    _quiet_cancelled_gathers(client)
     try:
         with client.as_current():
             yield
     finally:
         client.close()
+
+
+def _quiet_cancelled_gathers(client) -> None:
+    """Ctrl-C during a cluster run cancels the client's gather, whose task then
+    ends with distributed's AllExit; asyncio printed it as a 6-line traceback
+    ("Task exception was never retrieved") above our one-line message."""
+    from distributed.client import AllExit
+
+    loop = client.loop.asyncio_loop
+
+    def handler(loop, context):
+        if not isinstance(context.get("exception"), AllExit):
+            loop.default_exception_handler(context)
+
+    loop.call_soon_threadsafe(loop.set_exception_handler, handler)
 
 
 CONNECT_S = 10  # seconds to reach a dask scheduler

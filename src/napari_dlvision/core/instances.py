@@ -11,7 +11,9 @@ the smoothing reads around them. Seeds are searched within each object (the
 smoothed distance is set to zero outside the mask), so nothing reaches from
 one object into another and no strip depends on the others: about 15 bytes
 a pixel plus the strip's working memory, where one pass over the whole image
-took about 120 (scikit-image's h_maxima alone 102).
+took about 120 (scikit-image's h_maxima alone 102). A strip needs only a
+window of rows of the mask (split_in_strips), so a segmentation on disk is
+split without ever being read whole.
 """
 
 from __future__ import annotations
@@ -29,27 +31,73 @@ def instances_from_mask(mask: np.ndarray, spacing=None, h: float = 1.5, min_size
     """Instance ids (0 = background) for a boolean foreground mask."""
     mask = remove_small(np.asarray(mask, bool), min_size)
     out = np.zeros(mask.shape, np.int32)
-    if not mask.any():
-        return out
-    # Objects with their full connectivity, as scikit-image's h_maxima sees them.
-    parts, _ = ndi.label(mask, np.ones((3,) * mask.ndim, bool))
-    boxes = ndi.find_objects(parts)
-    tops = np.array([b[0].start for b in boxes])  # ascending: labels follow raster order
-    bottoms = np.array([b[0].stop for b in boxes])
-    reach = _reach(spacing, mask.ndim)
-    rows = max(1, strip_pixels // max(1, mask[0].size))
-    next_id = 0
-    for start in range(0, mask.shape[0], rows):
-        first, last = np.searchsorted(tops, [start, start + rows]) + 1  # the strip's objects: first..last-1
-        if first == last:
-            continue
-        lo = max(start - reach, 0)
-        hi = min(int(bottoms[first - 1:last - 1].max()) + reach, mask.shape[0])
-        own = (parts[lo:hi] >= first) & (parts[lo:hi] < last)
-        labels = _split(mask[lo:hi], own, spacing, h)
-        out[lo:hi][own] = labels[own] + next_id
-        next_id += int(labels.max())
+    if mask.any():
+        split_in_strips(lambda lo, hi: mask[lo:hi], out, spacing, h, min_size=1, strip_pixels=strip_pixels)
     return out
+
+
+def split_in_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8,
+                    strip_pixels: int = STRIP_PIXELS, on_strip=None) -> int:
+    """Instances of a mask read strip by strip, written into `out`; the object count.
+
+    rows(lo, hi): the boolean mask of rows lo..hi-1 (first axis), e.g. read
+    from a segmentation store on disk; out: any array sliced by rows (numpy,
+    a memory-mapped TIFF, Zarr) of the mask's shape, zero at first. Neither
+    needs to fit in memory: each strip reads a window of rows, grown until
+    the objects that begin in the strip end inside it (with `reach` rows of
+    context below), so memory is that of the strip unless one object is
+    taller. Parts smaller than min_size are dropped, except the ones cut by a
+    window's edge, whose size the window cannot see; instances_from_mask drops
+    those first over the whole mask. on_strip(rows done, rows in all) reports progress.
+    """
+    shape = out.shape
+    n_rows = shape[0]
+    per_row = int(np.prod(shape[1:], dtype=np.int64))
+    step = max(1, strip_pixels // max(1, per_row))
+    reach = _reach(spacing, len(shape))
+    full = np.ones((3,) * len(shape), bool)
+    next_id = 0
+    for start in range(0, n_rows, step):
+        end = min(start + step, n_rows)
+        lo, hi = max(start - reach, 0), min(end + reach, n_rows)
+        while True:
+            mask = _without_small(np.asarray(rows(lo, hi), bool), min_size, lo > 0, hi < n_rows)
+            # Objects with their full connectivity, as scikit-image's h_maxima sees them.
+            parts, _ = ndi.label(mask, full)
+            boxes = ndi.find_objects(parts)
+            tops = np.array([b[0].start for b in boxes], int) + lo  # ascending: labels follow raster order
+            first, last = np.searchsorted(tops, [start, end]) + 1  # the strip's objects: first..last-1
+            if first == last:
+                break
+            need = max(b[0].stop for b in boxes[first - 1:last - 1]) + lo + reach
+            if need <= hi or hi == n_rows:
+                break
+            # An object of the strip (or its context) goes on below the window: read further.
+            hi = min(max(need, 2 * hi - lo), n_rows)
+        if first < last:
+            stop = min(need, n_rows) - lo
+            own = (parts[:stop] >= first) & (parts[:stop] < last)
+            labels = _split(mask[:stop], own, spacing, h)
+            block = np.array(out[lo:lo + stop])
+            block[own] = labels[own] + next_id
+            out[lo:lo + stop] = block
+            next_id += int(labels.max())
+        if on_strip is not None:
+            on_strip(end, n_rows)
+    return next_id
+
+
+def _without_small(mask, min_size, cut_top, cut_bottom):
+    """remove_small within a window: parts touching a cut edge are kept (their size is unknown here)."""
+    if min_size <= 1 or not mask.any():
+        return mask
+    parts, _ = ndi.label(mask)
+    keep = np.bincount(parts.ravel()) >= min_size
+    for cut, row in ((cut_top, parts[:1]), (cut_bottom, parts[-1:])):
+        if cut:
+            keep[np.unique(row)] = True
+    keep[0] = False
+    return keep[parts]
 
 
 def _reach(spacing, ndim: int) -> int:

@@ -454,31 +454,70 @@ def check_lazy_output(path) -> None:
         raise UserInputError(f"cannot write {path}: output folder does not exist")
 
 
-def store(outputs: dict, ome: dict | None = None, progress: bool = True) -> list[Path]:
+def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived=()) -> list[Path]:
     """Compute and write {path: dask array} together, each into a temporary
-    name renamed into place at the end; on any failure nothing is left."""
+    name renamed into place at the end; on any failure nothing is left.
+
+    derived: (path, template, make) for outputs computed from the written
+    ones, before any is renamed: make(written, target) reads the outputs
+    already written (written[path][rows]) and fills `target`, a new store
+    shaped like the dask array `template`.
+    """
     import dask.array as da
 
-    targets, temps, finals = [], [], []
+    targets, temps, finals = {}, [], []
     try:
-        for path, arr in outputs.items():
+        for path, arr in [*outputs.items(), *((p, t) for p, t, _ in derived)]:
             path = Path(path)
             tmp = partial_name(path.resolve())
             temps.append(tmp)
             finals.append((tmp, path))
-            targets.append(_create_zarr(tmp, arr, ome) if is_zarr(path) else _create_tiff(tmp, arr, path))
+            targets[path] = _create_zarr(tmp, arr, ome) if is_zarr(path) else _create_tiff(tmp, arr, path)
         sources = list(outputs.values())
         # One block at a time: its own pools may use every core.
         parallel = max(a.npartitions for a in sources) > 1
         with _progress(progress), (one_thread_per_block_here() if parallel else contextlib.nullcontext()):
-            da.store(sources, targets, lock=False)
+            da.store(sources, [targets[Path(p)] for p in outputs], lock=False)
+        for path, _, make in derived:
+            make({Path(p): targets[Path(p)] for p in outputs}, targets[Path(path)])
         for tmp, path in finals:
             _replace(tmp, path)
         return [p for _, p in finals]
     except BaseException:
+        _let_cluster_tasks_end()
         for tmp in temps:
             _remove(tmp)
         raise
+
+
+CLUSTER_DRAIN_S = 30  # longest wait for a cluster's running blocks after a failure or an interrupt
+
+
+def _let_cluster_tasks_end() -> None:
+    """After an interrupt, wait (up to CLUSTER_DRAIN_S) until a dask cluster's
+    workers run no task: a block already running there cannot be stopped and
+    writes its chunk when it ends, which would bring a removed temporary
+    output back. Local schedulers stop with this process; nothing to wait for."""
+    if "distributed" not in sys.modules:
+        return
+    import time
+
+    from distributed import get_client
+
+    try:
+        client = get_client()
+        deadline = time.monotonic() + CLUSTER_DRAIN_S
+        # Asked of the workers themselves: the scheduler forgets cancelled
+        # tasks at once, while their threads still run them.
+        while any(client.run(_running_tasks, wait=True).values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    except BaseException:  # noqa: BLE001 - no client, a lost scheduler, a second Ctrl-C: remove now
+        pass
+
+
+def _running_tasks(dask_worker) -> int:
+    """Tasks running in a dask worker's threads (run on the worker by Client.run)."""
+    return len(dask_worker.active_threads)
 
 
 def _create_tiff(tmp, arr, final):
@@ -522,6 +561,9 @@ class MemmapTarget:
         mm[key] = value
         mm.flush()
         del mm
+
+    def __getitem__(self, key):
+        return np.array(np.memmap(self.path, mode="r", dtype=self.dtype, shape=self.shape, offset=self.offset)[key])
 
 
 def _create_zarr(tmp, arr, ome):
