@@ -106,6 +106,14 @@ def test_masks_dir_beside_strokes_needs_dense(files, tmp_path):
     one_line_error(r, "--dense")
 
 
+def test_strokes_given_as_dense_masks_are_refused(files, tmp_path):
+    """Each stroke class became one scattered 'object': trained without a word."""
+    r = dlvision("train", "unet", "--image", files / "img.tif", "--labels", files / "lab.tif", "--dense",
+                 "--out", tmp_path / "u.dlv", "--steps", 2)
+    one_line_error(r, "dense training needs instance masks")
+    assert not (tmp_path / "u.dlv").exists()
+
+
 def test_png_output_is_a_png_and_a_broken_file_does_not_stop_a_folder(files, tmp_path):
     r = dlvision("predict", "--model", files / "m.dlv", "--image", files / "img.tif", "--out", tmp_path / "s.png")
     assert r.returncode == 0, r.stderr

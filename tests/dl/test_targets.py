@@ -56,3 +56,20 @@ def test_percentile_normalisation_is_per_image_and_per_channel():
     assert np.all(np.isfinite(flat))
     with pytest.raises(ValueError):
         Normalisation(low=50, high=10)
+
+
+def test_strokes_or_a_class_mask_are_refused_as_instance_masks():
+    """`train unet --dense` on a strokes file trained silently: each class id
+    became one scattered 'object'."""
+    from napari_dlvision.core.errors import UserInputError
+    from napari_dlvision.data.synthetic import nuclei
+
+    s = nuclei((128, 128), seed=0)
+    with pytest.raises(UserInputError, match="separate parts: dense training needs instance masks"):
+        dense_targets(s.scribbles)
+    with pytest.raises(UserInputError, match="separate parts"):
+        dense_targets((s.instances > 0).astype(np.uint8))  # a mask of classes
+    cut = s.instances.copy()
+    cut[:, 64] = 0  # objects cut in two by a line still are instances
+    assert dense_targets(cut).max() == 2
+    assert dense_targets(np.zeros((8, 8), np.uint8)).max() == 0
