@@ -45,7 +45,15 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
     assert isinstance(out.data, np.memmap)  # on disk, not in memory
     np.testing.assert_array_equal(np.asarray(out.data), clf.predict(big))
     assert "block by block" in w.panel.status.text() and w.lazy.save_btn.isEnabled()
-    assert "Segmentation only" in w.panel.status.text()  # Instances is ticked by default
+    # Instances (ticked by default) are split strip by strip from the file,
+    # into another file, with the ids of the in-memory path.
+    inst = viewer.layers["slide instances"]
+    assert isinstance(inst.data, np.memmap) and inst.data.dtype == np.uint16
+    whole = clf.instances_from_segmentation(clf.predict(big))
+    assert whole.max() > 50
+    np.testing.assert_array_equal(np.asarray(inst.data), whole)
+    assert f", {whole.max()} objects in" in w.panel.status.text()
+    assert "Segmentation only" not in w.panel.status.text()
     assert viewer.layers.selection.active is strokes  # painting goes on
     assert not strokes.data.any()
 
@@ -56,6 +64,14 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
     job = w.lazy.save(tmp_path / "seg.png")
     assert job is None and ".zarr or .tif" in w.last_error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.zarr"]
+
+    w.outputs.prob_check.setChecked(True)  # probabilities need the whole image: said, not shown
+    w.outputs.instances_check.setChecked(False)
+    assert w.apply_to_layer(layer) is not None
+    wait_idle(qtbot, w)
+    assert "No probabilities (they need the whole image in memory)" in w.panel.status.text()
+    assert "objects" not in w.panel.status.text()
+    assert len(list(w.lazy._temporary_folder().iterdir())) == 2  # this run's segmentation, the kept instances
 
 
 def test_stop_keeps_the_blocks_done_and_saves_nothing(make_napari_viewer, qtbot, trained, tmp_path):
@@ -76,6 +92,25 @@ def test_stop_keeps_the_blocks_done_and_saves_nothing(make_napari_viewer, qtbot,
     assert 0 < (done > 0).mean() < 1  # some blocks, not all
     assert not w.lazy.save_btn.isEnabled()
     assert w.lazy.save(tmp_path / "seg.zarr") is None and "let it finish" in w.last_error
+
+
+def test_stop_while_objects_are_split_keeps_the_segmentation_and_no_half_split_file(make_napari_viewer, qtbot,
+                                                                                       trained):
+    s, clf = trained
+    big = np.tile(s.image, (16, 8))  # 2560 x 1600: the objects are split in two strips
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(da.from_array(big, chunks=1024), name="slide")
+    w = PixelClassifierWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model = clf
+    assert w.apply_to_layer(layer) is not None
+    qtbot.waitUntil(lambda: "Splitting touching objects" in w.panel.status.text(), timeout=60_000)
+    w.stop()
+    wait_idle(qtbot, w)
+    assert "Stopped while splitting the objects: the segmentation is complete" in w.panel.status.text()
+    np.testing.assert_array_equal(np.asarray(viewer.layers["slide segmentation"].data), clf.predict(big))
+    assert "slide instances" not in viewer.layers
+    assert [p.name.split("-")[0] for p in w.lazy._temporary_folder().iterdir()] == ["segmentation"]
 
 
 def applied(make_napari_viewer, qtbot, clf, data, name, **layer_kw):
@@ -150,6 +185,8 @@ def test_unet_and_denoiser_widgets_predict_a_dask_layer_as_in_memory(make_napari
             assert_denoised_alike(got, den.denoise(s.image))
         else:
             np.testing.assert_array_equal(got, seg.predict(s.image))
+            np.testing.assert_array_equal(np.asarray(viewer.layers["big instances (U-Net)"].data),
+                                          seg.instances(seg.predict_proba(s.image)))
         assert "block by block" in w.panel.status.text() and w.lazy.save_btn.isEnabled()
 
 

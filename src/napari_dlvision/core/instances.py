@@ -38,7 +38,22 @@ def instances_from_mask(mask: np.ndarray, spacing=None, h: float = 1.5, min_size
 
 def split_in_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8,
                     strip_pixels: int = STRIP_PIXELS, on_strip=None) -> int:
-    """Instances of a mask read strip by strip, written into `out`; the object count.
+    """Instances of a mask read strip by strip, written into `out`; the object
+    count. on_strip(rows done, rows in all) reports progress (iter_strips)."""
+    strips = iter_strips(rows, out, spacing, h, min_size, strip_pixels)
+    while True:
+        try:
+            done, total = next(strips)
+        except StopIteration as end:
+            return end.value
+        if on_strip is not None:
+            on_strip(done, total)
+
+
+def iter_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8, strip_pixels: int = STRIP_PIXELS):
+    """split_in_strips as a generator: yields (rows done, rows in all) after
+    each strip, so a caller can report progress and stop between strips;
+    returns the object count.
 
     rows(lo, hi): the boolean mask of rows lo..hi-1 (first axis), e.g. read
     from a segmentation store on disk; out: any array sliced by rows (numpy,
@@ -48,7 +63,7 @@ def split_in_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8,
     context below), so memory is that of the strip unless one object is
     taller. Parts smaller than min_size are dropped, except the ones cut by a
     window's edge, whose size the window cannot see; instances_from_mask drops
-    those first over the whole mask. on_strip(rows done, rows in all) reports progress.
+    those first over the whole mask.
     """
     shape = out.shape
     n_rows = shape[0]
@@ -82,8 +97,7 @@ def split_in_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8,
             block[own] = labels[own] + next_id
             out[lo:lo + stop] = block
             next_id += int(labels.max())
-        if on_strip is not None:
-            on_strip(end, n_rows)
+        yield end, n_rows
     return next_id
 
 

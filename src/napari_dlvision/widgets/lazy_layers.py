@@ -70,10 +70,14 @@ class LazyPredictions:
         self.save_btn.clicked.connect(self._save_dialog)
         widget.on_close(self.cleanup)
 
-    def predict(self, image: Image, model, what: str, layer_type: str, key: str, note: str = "", **layer_kw):
+    def predict(self, image: Image, model, what: str, layer_type: str, key: str, note: str = "",
+                instances: dict | None = None, **layer_kw):
         """Start predicting `image` lazily into output layer `key` ("segmentation"
         or "denoised" of `model`); the layer shows the blocks as they come.
-        The model checks the image in the worker (the job's error says why)."""
+        The model checks the image in the worker (the job's error says why).
+        instances ({"key", "foreground", "opacity"}): then split that class of
+        the segmentation into objects, strip by strip from its file, into a
+        second file shown as layer `key`."""
         w = self.widget
         if w.busy():
             return None
@@ -86,16 +90,19 @@ class LazyPredictions:
         except UserInputError as e:
             return w.error(str(e))
         path = folder / f"{what}-{secrets.token_hex(4)}.npy"
+        if instances is not None:
+            instances = {**instances, "path": folder / f"instances-{secrets.token_hex(4)}.npy",
+                         "spacing": spacing if spacing is not None else getattr(model, "spacing", None)}
         self.save_btn.setEnabled(False)
         self.save_btn.setVisible(True)
         self.result = None
         self._last_refresh = 0.0
-        return w.start(self._job(model, data, rgb, spacing, what, focus, path), self._on_event, self._on_end,
-                       image=image, key=key, path=path, layer_type=layer_type, layer_kw=layer_kw, note=note,
-                       what=what)
+        return w.start(self._job(model, data, rgb, spacing, what, focus, path, instances), self._on_event,
+                       self._on_end, image=image, key=key, path=path, layer_type=layer_type, layer_kw=layer_kw,
+                       note=note, what=what, instances=instances)
 
     @staticmethod
-    def _job(model, data, rgb, spacing, what, focus, path):
+    def _job(model, data, rgb, spacing, what, focus, path, instances=None):
         from ..core.lazy import iter_blocks_into, iter_lazy_outputs
 
         # Planning may run the model once over a central region (the denoiser
@@ -107,6 +114,9 @@ class LazyPredictions:
         yield Progress("predicting", 0, 0, payload={"array": mm})
         yield from iter_blocks_into(out, mm, focus)
         mm.flush()
+        if instances is not None:
+            inst, n = yield from _split_objects(mm, instances)
+            yield Progress("instances", 1, 1, payload={"instances": inst, "objects": n})
         yield Progress("done", 1, 1, payload={"array": mm})
 
     def _on_event(self, ev, job):
@@ -125,6 +135,11 @@ class LazyPredictions:
             self._files[c["key"]] = c["path"]
             if old is not None and old != c["path"]:
                 old.unlink(missing_ok=True)  # the layer it fed is gone; mapped pages stay valid until unmapped
+        if ev.stage == "instances":
+            c["splitting"] = "instances" not in payload
+        if "instances" in payload and c["image"] in w.viewer.layers:
+            self._show_instances(payload["instances"], c)
+            c["objects"] = payload["objects"]
         now = time.perf_counter()
         if "layer" in c and (ev.stage == "done" or now - self._last_refresh > REFRESH_S):
             self._last_refresh = now
@@ -136,13 +151,35 @@ class LazyPredictions:
             arr = payload["array"]  # dask is imported by now (the worker used it)
             self.result = (c["image"], da.from_array(arr, chunks=tuple(min(n, 1024) for n in arr.shape)))
             self.save_btn.setEnabled(True)
-            w.say(f"{c['note']}Predicted {c['image'].name} block by block (those in view first) in "
-                  f"{job.seconds:.1f} s; Save result… writes it to Zarr or TIFF.")
+            objects = f", {c['objects']} objects" if "objects" in c else ""
+            w.say(f"{c['note']}Predicted {c['image'].name} block by block (those in view first){objects} in "
+                  f"{job.seconds:.1f} s; Save result… writes the segmentation to Zarr or TIFF.")
+
+    def _show_instances(self, arr, c):
+        """The instances layer, made (or refilled) once the objects are split."""
+        w, spec = self.widget, c["instances"]
+        layer = find_output(w.viewer, spec["key"])
+        if layer is not None and layer._type_string == "labels":
+            layer.data = arr
+        else:
+            show_output(w.viewer, spec["key"], arr, "labels", like=c["image"],
+                        keep_selected=c["layer_kw"].get("keep_selected"), opacity=spec["opacity"])
+        old = self._files.get(spec["key"])
+        self._files[spec["key"]] = spec["path"]
+        if old is not None and old != spec["path"]:
+            old.unlink(missing_ok=True)
 
     def _on_end(self, job):
         if job.error is None and not job.complete:
-            self.widget.say("Stopped; the blocks done so far are shown." if "layer" in job.context
-                            else "Stopped before the first block.")
+            c = job.context
+            if c.get("instances") is not None:
+                c["instances"]["path"].unlink(missing_ok=True)  # a half-split file is shown nowhere
+            if c.get("splitting"):
+                self.widget.say("Stopped while splitting the objects: the segmentation is complete; "
+                                "no instances are shown.")
+            else:
+                self.widget.say("Stopped; the blocks done so far are shown." if "layer" in c
+                                else "Stopped before the first block.")
 
     @staticmethod
     def _displayed(arr, what, image):
@@ -199,3 +236,42 @@ class LazyPredictions:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+
+
+UINT16_IDS = 65535
+
+
+def _split_objects(seg, spec: dict):
+    """(instances, count) of class spec["foreground"] of the segmentation file
+    `seg`, strip by strip (core.instances.iter_strips), into a memory-mapped
+    file; Progress per strip, so Stop works between strips. Returned as uint16 when
+    the ids fit: napari maps wider ids to colours on the main thread at every
+    redraw (see outputs.instances_for_display)."""
+    from ..core.instances import iter_strips
+
+    path, fg = spec["path"], spec["foreground"]
+    yield Progress("instances", 0, seg.shape[0], "Splitting touching objects, strip by strip…")
+    wide = path.with_suffix(".int32.npy")
+    out = np.lib.format.open_memmap(wide, mode="w+", dtype=np.int32, shape=seg.shape)
+    try:
+        strips = iter_strips(lambda lo, hi: seg[lo:hi] == fg, out, spec["spacing"])
+        while True:
+            try:
+                done, total = next(strips)
+            except StopIteration as end:
+                n = end.value
+                break
+            yield Progress("instances", done, total, "Splitting touching objects, strip by strip…")
+        out.flush()
+        if n > UINT16_IDS:
+            del out
+            wide.replace(path)
+            return np.load(path, mmap_mode="r+"), n
+        narrow = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=seg.shape)
+        step = max(1, (1 << 22) // max(1, int(np.prod(seg.shape[1:]))))
+        for lo in range(0, seg.shape[0], step):
+            narrow[lo:lo + step] = out[lo:lo + step]
+        narrow.flush()
+        return narrow, n
+    finally:
+        wide.unlink(missing_ok=True)  # mapped pages stay valid until unmapped

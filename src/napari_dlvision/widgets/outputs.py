@@ -87,10 +87,26 @@ class PixelOutputs(QWidget):
         return {"colormap": class_colormap(annotations, n_classes, background_classes(names)),
                 "opacity": SEG_OPACITY, "keep_selected": annotations}
 
-    def lazy_note(self) -> str:
-        """What a large layer's block-by-block prediction leaves out of the ticked outputs."""
-        return "Segmentation only (instances and probabilities need the whole image in memory). " \
-            if len(self.wanted()) > 1 else ""
+    def lazy_note(self, instances_ok: bool = True) -> str:
+        """What a large layer's block-by-block prediction leaves out of the ticked
+        outputs: probabilities, and instances where they need them (instances_ok False)."""
+        probabilities = self.prob_check.isChecked()
+        instances = self.instances_check.isChecked() and not instances_ok
+        if probabilities and instances:
+            return "Segmentation only (instances and probabilities need the whole image in memory). "
+        if probabilities:
+            return "No probabilities (they need the whole image in memory). "
+        if instances:
+            return "No instances (this model's need its probabilities of the whole image in memory). "
+        return ""
+
+    def lazy_instances(self, image, model) -> dict | None:
+        """How a large layer's instances are made (LazyPredictions.predict), or None:
+        split strip by strip from the segmentation file, for models whose
+        instances split one class of the segmentation."""
+        if not self.instances_check.isChecked() or getattr(model, "mode", None) == "dense":
+            return None
+        return {"key": self.name(image, "instances"), "foreground": model.n_classes, "opacity": 0.5}
 
     # -- one prediction -----------------------------------------------------
     def begin(self, image, class_names, annotations):

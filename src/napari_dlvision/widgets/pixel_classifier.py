@@ -219,8 +219,8 @@ class PixelClassifierWidget(ModelWidget):
             clf = self.model
             if is_lazy(image):  # too big for memory: block by block into a file, those in view first
                 style = self.outputs.segmentation_style(clf.class_names, self.inputs.labels_picker.value, clf.n_classes)
-                return self.lazy.predict(image, clf, "segmentation", "labels",
-                                         self.outputs.name(image, "segmentation"), self.outputs.lazy_note(), **style)
+                return self.lazy.predict(image, clf, "segmentation", "labels", self.outputs.name(image, "segmentation"),
+                                         self.outputs.lazy_note(), self.outputs.lazy_instances(image, clf), **style)
             data, axis, spacing = image_input(image)
             clf.check_shape(data.shape, axis)  # cheap: the full check runs in the worker
             focus = visible_box(self.viewer, image, spatial_shape(image))

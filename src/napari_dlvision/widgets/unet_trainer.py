@@ -234,8 +234,10 @@ class UNetWidget(ModelWidget):
         if is_lazy(image) and self.model is not None:  # too big for memory: block by block, those in view first
             style = self.outputs.segmentation_style(self.model.class_names, self.inputs.labels_picker.value,
                                                     self.model.n_classes)
+            instances = self.outputs.lazy_instances(image, self.model)
             return self.lazy.predict(image, self.model, "segmentation", "labels",
-                                     self.outputs.name(image, "segmentation"), note + self.outputs.lazy_note(),
+                                     self.outputs.name(image, "segmentation"),
+                                     note + self.outputs.lazy_note(instances_ok=self.model.mode != "dense"), instances,
                                      **style)
         try:
             data, axis, spacing = self.model_input(image, "U-Net")
