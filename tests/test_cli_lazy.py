@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+from checks import assert_denoised_alike
 from cli_helpers import dlvision
 
 from napari_dlvision.data.synthetic import nuclei
@@ -164,7 +165,9 @@ def test_denoiser_in_blocks_returns_the_input_layout(files, tmp_path):
        "--chunk", "128", "--scheduler", "processes", "--workers", "2")
     lazy, whole = zarr.open(str(tmp_path / "den.zarr"))[:], tifffile.imread(tmp_path / "den.tif")
     assert lazy.shape == whole.shape and lazy.dtype == np.float32
-    np.testing.assert_allclose(lazy, whole, rtol=1e-5, atol=1e-3)
+    # Worker processes run the network with other thread counts than the whole
+    # image's run: the put-back's block matching may regroup a patch at a near-tie.
+    assert_denoised_alike(lazy, whole)
 
 
 @pytest.mark.parametrize("extra, words", [

@@ -67,9 +67,22 @@ def test_strokes_or_a_class_mask_are_refused_as_instance_masks():
     s = nuclei((128, 128), seed=0)
     with pytest.raises(UserInputError, match="separate parts: dense training needs instance masks"):
         dense_targets(s.scribbles)
+    classes = np.where(s.instances > 0, 1 + (s.instances % 2), 0).astype(np.uint8)  # a mask of two classes
     with pytest.raises(UserInputError, match="separate parts"):
-        dense_targets((s.instances > 0).astype(np.uint8))  # a mask of classes
+        dense_targets(classes)
     cut = s.instances.copy()
     cut[:, 64] = 0  # objects cut in two by a line still are instances
     assert dense_targets(cut).max() == 2
     assert dense_targets(np.zeros((8, 8), np.uint8)).max() == 0
+
+
+def test_instance_masks_with_stray_pixels_huge_ids_or_one_id_pass():
+    from napari_dlvision.data.synthetic import nuclei
+
+    inst = nuclei((128, 128), seed=0).instances.astype(np.int64)
+    speckled = inst.copy()
+    ys, xs = np.nonzero(inst == 0)
+    speckled[ys[::300], xs[::300]] = inst.max()  # stray pixels, every one far from its object
+    assert dense_targets(speckled).max() == 2
+    assert dense_targets(np.where(inst > 0, inst + (1 << 40), 0)).max() == 2  # ids near 2**40: no 2**40 counts
+    assert dense_targets((inst > 0).astype(np.uint8)).max() == 2  # a binary mask: one id, objects apart

@@ -68,6 +68,8 @@ def task_options(args, kind, model) -> dict:
     if kind.task != kinds.BOXES and args.score_threshold is not None:
         raise UserInputError(f"--score-threshold is for detectors; {args.model} is {kind.a_title}")
     if kind.task == kinds.PIXELS:
+        if args.foreground is not None and args.instances is None:
+            raise UserInputError("--foreground chooses the class that --instances splits; give --instances too")
         if args.foreground is not None and not 1 <= args.foreground <= model.n_classes:
             raise UserInputError(f"--foreground must be a class id between 1 and {model.n_classes}")
         return {"foreground": args.foreground}

@@ -34,9 +34,6 @@ def _tiff_bytes(path) -> int:
 
 
 def run(args, kind):
-    import dask.array as da
-    import numpy as np
-
     from .. import kinds
     from ..core.errors import UserInputError
     from ..core.io import channel_axis_for, check_outputs, outputs_inside
@@ -50,8 +47,6 @@ def run(args, kind):
                              f"detectors; {args.model} is {kind.a_title}")
     if args.image.is_dir() and not is_zarr(args.image):
         raise UserInputError("dask options take one image (a TIFF or a Zarr store), not a folder of images")
-    if args.foreground is not None and args.instances is None:
-        raise UserInputError("--foreground chooses the class that --instances splits; give --instances too")
     if args.scheduler is not None and args.dask_address is not None:
         raise UserInputError("give --scheduler or --dask-address, not both")
     extra = {k: getattr(args, k) for k in ("probabilities", "uncertainty") if getattr(args, k) is not None}
@@ -86,6 +81,9 @@ def run(args, kind):
     blocks = results[model.MAIN_OUTPUT].npartitions
     derived = []
     if args.instances is not None:
+        import dask.array as da
+        import numpy as np
+
         seg = results[model.MAIN_OUTPUT]
         fg = model.n_classes if foreground is None else foreground
         spacing = args.spacing if args.spacing is not None else getattr(model, "spacing", None)
@@ -186,27 +184,40 @@ def _scheduler(args):
         raise UserInputError("--dask-address needs dask.distributed: pip install 'napari-dlvision[scale]'") \
             from None
     client = _connect(Client, args.dask_address)
-    _quiet_cancelled_gathers(client)
     try:
-        with client.as_current():
-            yield
+        restore = _quiet_cancelled_gathers(client)
+        try:
+            with client.as_current():
+                yield
+        finally:
+            restore()
     finally:
         client.close()
 
 
-def _quiet_cancelled_gathers(client) -> None:
+def _quiet_cancelled_gathers(client):
     """Ctrl-C during a cluster run cancels the client's gather, whose task then
     ends with distributed's AllExit; asyncio printed it as a 6-line traceback
-    ("Task exception was never retrieved") above our one-line message."""
-    from distributed.client import AllExit
+    ("Task exception was never retrieved") above our one-line message. Returns
+    what puts the loop's own handler back (the loop is distributed's, shared)."""
+    try:
+        from distributed.client import AllExit
 
-    loop = client.loop.asyncio_loop
+        loop = client.loop.asyncio_loop
+        before = loop.get_exception_handler()
+    except (ImportError, AttributeError):  # another distributed: its traceback stays, nothing breaks
+        return lambda: None
 
     def handler(loop, context):
-        if not isinstance(context.get("exception"), AllExit):
+        if isinstance(context.get("exception"), AllExit):
+            return
+        if before is not None:
+            before(loop, context)
+        else:
             loop.default_exception_handler(context)
 
     loop.call_soon_threadsafe(loop.set_exception_handler, handler)
+    return lambda: loop.call_soon_threadsafe(loop.set_exception_handler, before)
 
 
 CONNECT_S = 10  # seconds to reach a dask scheduler

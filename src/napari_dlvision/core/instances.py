@@ -61,9 +61,8 @@ def iter_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8, stri
     needs to fit in memory: each strip reads a window of rows, grown until
     the objects that begin in the strip end inside it (with `reach` rows of
     context below), so memory is that of the strip unless one object is
-    taller. Parts smaller than min_size are dropped, except the ones cut by a
-    window's edge, whose size the window cannot see; instances_from_mask drops
-    those first over the whole mask.
+    taller. Parts smaller than min_size are dropped, as remove_small does
+    over the whole mask (see _window).
     """
     shape = out.shape
     n_rows = shape[0]
@@ -76,22 +75,31 @@ def iter_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8, stri
         end = min(start + step, n_rows)
         lo, hi = max(start - reach, 0), min(end + reach, n_rows)
         while True:
-            mask = _without_small(np.asarray(rows(lo, hi), bool), min_size, lo > 0, hi < n_rows)
+            mask = _window(rows, lo, hi, n_rows, min_size)
             # Objects with their full connectivity, as scikit-image's h_maxima sees them.
-            parts, _ = ndi.label(mask, full)
+            parts, n = ndi.label(mask, full)
             boxes = ndi.find_objects(parts)
             tops = np.array([b[0].start for b in boxes], int) + lo  # ascending: labels follow raster order
             first, last = np.searchsorted(tops, [start, end]) + 1  # the strip's objects: first..last-1
-            if first == last:
+            own_ids = np.arange(first, last)
+            bottoms = np.array([b[0].stop for b in boxes[first - 1:last - 1]], int) + lo
+            if len(own_ids) and bottoms.max() + reach > hi and hi < n_rows:
+                # A part that begins here and reaches below the window is either an
+                # object of this strip (read further down) or a branch of an object
+                # an earlier strip already wrote whole, joined further down (skipped:
+                # growing for it read most of the image again for every strip).
+                written = np.zeros(n + 1, bool)
+                written[parts[np.asarray(out[lo:hi]) != 0]] = True
+                keep = ~written[own_ids]
+                own_ids, bottoms = own_ids[keep], bottoms[keep]
+            if not len(own_ids) or bottoms.max() + reach <= hi or hi == n_rows:
                 break
-            need = max(b[0].stop for b in boxes[first - 1:last - 1]) + lo + reach
-            if need <= hi or hi == n_rows:
-                break
-            # An object of the strip (or its context) goes on below the window: read further.
-            hi = min(max(need, 2 * hi - lo), n_rows)
-        if first < last:
-            stop = min(need, n_rows) - lo
-            own = (parts[:stop] >= first) & (parts[:stop] < last)
+            hi = min(max(int(bottoms.max()) + reach, 2 * hi - lo), n_rows)
+        if len(own_ids):
+            stop = min(int(bottoms.max()) + reach, n_rows) - lo
+            is_own = np.zeros(n + 1, bool)
+            is_own[own_ids] = True
+            own = is_own[parts[:stop]]
             labels = _split(mask[:stop], own, spacing, h)
             block = np.array(out[lo:lo + stop])
             block[own] = labels[own] + next_id
@@ -101,17 +109,20 @@ def iter_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8, stri
     return next_id
 
 
-def _without_small(mask, min_size, cut_top, cut_bottom):
-    """remove_small within a window: parts touching a cut edge are kept (their size is unknown here)."""
-    if min_size <= 1 or not mask.any():
-        return mask
-    parts, _ = ndi.label(mask)
+def _window(rows, lo, hi, n_rows, min_size):
+    """The mask of rows lo..hi-1 without parts smaller than min_size, decided
+    exactly: read min_size - 1 rows further on both sides, a small part
+    touching the window is seen whole (it spans fewer rows than it has
+    pixels), and a part reaching that wider edge has min_size pixels or more
+    in view (a connected part has a pixel in every row it spans)."""
+    if min_size <= 1:
+        return np.asarray(rows(lo, hi), bool)
+    a, b = max(lo - (min_size - 1), 0), min(hi + min_size - 1, n_rows)
+    wide = np.asarray(rows(a, b), bool)
+    parts, _ = ndi.label(wide)  # remove_small's connectivity
     keep = np.bincount(parts.ravel()) >= min_size
-    for cut, row in ((cut_top, parts[:1]), (cut_bottom, parts[-1:])):
-        if cut:
-            keep[np.unique(row)] = True
     keep[0] = False
-    return keep[parts]
+    return keep[parts[lo - a:hi - a]]
 
 
 def _reach(spacing, ndim: int) -> int:

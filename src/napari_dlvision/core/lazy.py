@@ -466,6 +466,7 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived
     import dask.array as da
 
     targets, temps, finals = {}, [], []
+    computing = False
     try:
         for path, arr in [*outputs.items(), *((p, t) for p, t, _ in derived)]:
             path = Path(path)
@@ -476,42 +477,69 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived
         sources = list(outputs.values())
         # One block at a time: its own pools may use every core.
         parallel = max(a.npartitions for a in sources) > 1
+        computing = True
         with _progress(progress), (one_thread_per_block_here() if parallel else contextlib.nullcontext()):
             da.store(sources, [targets[Path(p)] for p in outputs], lock=False)
+        computing = False
         for path, _, make in derived:
             make({Path(p): targets[Path(p)] for p in outputs}, targets[Path(path)])
         for tmp, path in finals:
             _replace(tmp, path)
         return [p for _, p in finals]
     except BaseException:
-        _let_cluster_tasks_end()
         for tmp in temps:
             _remove(tmp)
+        if computing and _let_cluster_tasks_end():
+            for tmp in temps:  # what blocks still running wrote after the first removal
+                _remove(tmp)
         raise
 
 
-CLUSTER_DRAIN_S = 30  # longest wait for a cluster's running blocks after a failure or an interrupt
+CLUSTER_DRAIN_S = 20  # longest wait for a cluster's running blocks after a failure or an interrupt
 
 
-def _let_cluster_tasks_end() -> None:
-    """After an interrupt, wait (up to CLUSTER_DRAIN_S) until a dask cluster's
-    workers run no task: a block already running there cannot be stopped and
-    writes its chunk when it ends, which would bring a removed temporary
-    output back. Local schedulers stop with this process; nothing to wait for."""
+def _let_cluster_tasks_end() -> bool:
+    """After a failure or an interrupt while blocks ran on a dask cluster, wait
+    (up to CLUSTER_DRAIN_S) until its workers run no task; whether there was
+    a cluster. A block already running there cannot be stopped and writes its
+    chunk when it ends, which brought a removed temporary output back. The
+    outputs are removed before this wait too: a batch system's SIGKILL may
+    follow its SIGTERM within it. Local schedulers stop with this process.
+
+    The workers are asked, not the scheduler, which forgets cancelled tasks
+    at once while their threads still run them; every running task counts
+    (another client's too, on a shared cluster), hence the bound."""
     if "distributed" not in sys.modules:
-        return
+        return False
+    import threading
     import time
 
-    from distributed import get_client
+    from distributed.client import default_client
 
     try:
-        client = get_client()
+        client = default_client()  # this run's, never one made from the configuration here
+    except ValueError:
+        return False
+
+    def drain():
         deadline = time.monotonic() + CLUSTER_DRAIN_S
-        # Asked of the workers themselves: the scheduler forgets cancelled
-        # tasks at once, while their threads still run them.
-        while any(client.run(_running_tasks, wait=True).values()) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and any(client.run(_running_tasks).values()):
             time.sleep(0.2)
-    except BaseException:  # noqa: BLE001 - no client, a lost scheduler, a second Ctrl-C: remove now
+
+    # In a daemon thread: a worker that stopped answering cannot hold the exit past the bound.
+    thread = threading.Thread(target=_quiet, args=(drain,), name="dask drain", daemon=True)
+    thread.start()
+    try:
+        thread.join(CLUSTER_DRAIN_S + 2)
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C: stop waiting
+        pass
+    return True
+
+
+def _quiet(fn) -> None:
+    try:
+        fn()
+    except BaseException:  # noqa: BLE001 - a lost scheduler or worker: nothing more to wait for
         pass
 
 

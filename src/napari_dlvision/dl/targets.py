@@ -39,35 +39,44 @@ def dense_targets(instances) -> np.ndarray:
     return out
 
 
-SCATTERED_PARTS = 3  # an object id in this many separate parts or more is no object
+SCATTERED_SHARE = 1 / 3  # labelled pixels away from their id's largest part beyond which ids are no objects
 
 
 def check_instance_mask(inst: np.ndarray) -> None:
-    """Refuse strokes or a class mask given as instance masks.
+    """Refuse strokes, or a mask of several classes, given as instance masks.
 
     Both hold a few ids, each scattered over many separate parts; read as
-    instances, each id became one huge object and the network learned
-    boundaries that are not there, without a word. Objects that a crop or a
-    neighbour cut into two parts still pass: the ids in SCATTERED_PARTS parts
-    or more must hold at least half of the labelled pixels to be refused.
+    instances, each id became one object: touching objects lost the line
+    between them and unpainted pixels became background, without a word.
+    An id may still be cut in parts (a crop, stray pixels, an object split by
+    another): refused only when the pixels away from their id's largest part
+    are a third of the labelled pixels or more. One id (a binary mask of
+    objects that do not touch) always passes.
     """
     from skimage.measure import label
 
     if not inst.any():
         return
-    ids = inst.ravel()
+    values, ids = np.unique(inst, return_inverse=True)  # ids 0..n-1: counts stay small whatever the values
+    ids = ids.ravel()
+    if values[0] != 0:  # every pixel labelled: no background among the ids
+        values, ids = np.concatenate([[0], values]), ids + 1
+    if len(values) <= 2:
+        return
     parts, n = label(inst, background=0, connectivity=inst.ndim, return_num=True)  # same-id parts; diagonals connect
-    id_of_part = np.zeros(n + 1, ids.dtype)
-    id_of_part[parts.ravel()] = ids  # every pixel of a part holds the part's id
-    sizes = np.bincount(ids)
+    parts = parts.ravel()
+    id_of_part = np.zeros(n + 1, np.int64)
+    id_of_part[parts] = ids  # every pixel of a part holds the part's id
+    sizes = np.bincount(ids, minlength=len(values))
     sizes[0] = 0  # background
-    n_parts = np.bincount(id_of_part[1:], minlength=len(sizes))
-    scattered = n_parts >= SCATTERED_PARTS
-    if sizes[scattered].sum() * 2 >= sizes.sum():
-        worst = int(np.argmax(n_parts))
-        raise UserInputError(f"label {worst} is painted in {int(n_parts[worst])} separate parts: dense training "
-                             "needs instance masks (one id per object, 0 = background), not strokes or a mask of "
-                             "classes; train on strokes in sparse mode, or give each object its own id")
+    largest = np.zeros(len(values), np.int64)
+    np.maximum.at(largest, id_of_part[1:], np.bincount(parts, minlength=n + 1)[1:])
+    if (sizes - largest).sum() >= SCATTERED_SHARE * sizes.sum():
+        worst = int(np.argmax(sizes - largest))
+        n_parts = int(np.count_nonzero(id_of_part[1:] == worst))
+        raise UserInputError(f"label {values[worst]} is painted in {n_parts} separate parts: dense training needs "
+                             "instance masks (one id per object, 0 = background), not strokes or a mask of classes; "
+                             "train on strokes in sparse mode, or give each object its own id")
 
 
 def class_counts(targets: list[np.ndarray], n_classes: int) -> np.ndarray:
