@@ -65,13 +65,22 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
     assert job is None and ".zarr or .tif" in w.last_error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.zarr"]
 
+    # A large layer opened after the strokes lies above them: its outputs go
+    # straight above it (under it, it hid them), the strokes stay selected.
+    top = viewer.add_image(da.from_array(s.image, chunks=64), name="top")
+    viewer.layers.selection.active = strokes
+    assert w.apply_to_layer(top) is not None
+    wait_idle(qtbot, w)
+    names = [lay.name for lay in viewer.layers]
+    assert names[-3:] == ["top", "top instances", "top segmentation"] and viewer.layers.selection.active is strokes
+
     w.outputs.prob_check.setChecked(True)  # probabilities need the whole image: said, not shown
     w.outputs.instances_check.setChecked(False)
     assert w.apply_to_layer(layer) is not None
     wait_idle(qtbot, w)
     assert "No probabilities (they need the whole image in memory)" in w.panel.status.text()
     assert "objects" not in w.panel.status.text()
-    assert len(list(w.lazy._temporary_folder().iterdir())) == 2  # this run's segmentation, the kept instances
+    assert len(list(w.lazy._temporary_folder().iterdir())) == 4  # each layer's segmentation and instances
 
 
 def test_stop_keeps_the_blocks_done_and_saves_nothing(make_napari_viewer, qtbot, trained, tmp_path):

@@ -141,18 +141,23 @@ def show_output(viewer, key: str, data, layer_type: str, like=None, keep_selecte
     layer = cls(data, **kw)
     for k, v in after.items():
         setattr(layer, k, v)
-    place_output(viewer, layer, keep_selected)
+    place_output(viewer, layer, keep_selected, above=like)
     return layer
 
 
-def place_output(viewer, layer, keep_selected=None) -> None:
+def place_output(viewer, layer, keep_selected=None, above=None) -> None:
     """Insert an output layer below `keep_selected` (the user's annotation
-    layer), leaving the selection the user's (see show_output)."""
+    layer) but above `above` (the image it was predicted from), leaving the
+    selection the user's (see show_output)."""
     keep = keep_selected if keep_selected is not None and keep_selected in viewer.layers else None
     # Straight below the annotation layer, which is selected again: no move
     # afterwards. Adding a layer is napari's most expensive step on the main
     # thread (0.1-0.3 s here), so each saved event counts.
     where = viewer.layers.index(keep) if keep is not None else len(viewer.layers)
+    if above is not None and above in viewer.layers and viewer.layers.index(above) >= where:
+        # The annotation layer lies below the image predicted (strokes of another
+        # image, or the image opened last): straight above the image, or it hides the output.
+        where = viewer.layers.index(above) + 1
     before = viewer.layers.selection.active
     with _not_activated(viewer.layers):
         viewer.layers.insert(where, layer)

@@ -179,7 +179,7 @@ class PixelOutputs(QWidget):
             return
         for layer in t["layers"].values():
             if layer not in self.viewer.layers:
-                place_output(self.viewer, layer, keep_selected=t["annotations"])
+                place_output(self.viewer, layer, keep_selected=t["annotations"], above=t["image"])
 
     def _show_instances(self, t, inst):
         if self.target is not t or t["image"] not in self.viewer.layers:
