@@ -67,8 +67,12 @@ def iter_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8, stri
     shape = out.shape
     n_rows = shape[0]
     per_row = int(np.prod(shape[1:], dtype=np.int64))
-    step = max(1, strip_pixels // max(1, per_row))
     reach = _reach(spacing, len(shape))
+    # At least `reach` rows a strip: a window reads `reach` rows of context on
+    # each side, which for a volume of large planes (one or two planes a strip)
+    # made it read and split every plane 10 times over; this costs at most a
+    # quarter more memory there.
+    step = max(reach, strip_pixels // max(1, per_row))
     full = np.ones((3,) * len(shape), bool)
     next_id = 0
     for start in range(0, n_rows, step):
