@@ -83,14 +83,28 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
     assert len(list(w.lazy._temporary_folder().iterdir())) == 4  # each layer's segmentation and instances
 
 
-def test_stop_keeps_the_blocks_done_and_saves_nothing(make_napari_viewer, qtbot, trained, tmp_path):
-    s, clf = trained
-    big = np.tile(s.image, (26, 21))  # 4160 x 4200: 25 blocks
+def docked(make_napari_viewer, clf, data, name, **layer_kw):
+    """A viewer holding `data` as layer `name`, the forest widget docked after, holding `clf`."""
     viewer = make_napari_viewer()
-    layer = viewer.add_image(da.from_array(big, chunks=1024), name="slide")
+    layer = viewer.add_image(data, name=name, **layer_kw)
     w = PixelClassifierWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.model = clf
+    return viewer, layer, w
+
+
+def applied(make_napari_viewer, qtbot, clf, data, name, **layer_kw):
+    """docked, then applied to the layer."""
+    viewer, layer, w = docked(make_napari_viewer, clf, data, name, **layer_kw)
+    assert w.apply_to_layer(layer) is not None
+    wait_idle(qtbot, w)
+    return viewer, w
+
+
+def test_stop_keeps_the_blocks_done_and_saves_nothing(make_napari_viewer, qtbot, trained, tmp_path):
+    s, clf = trained
+    big = np.tile(s.image, (26, 21))  # 4160 x 4200: 25 blocks
+    viewer, layer, w = docked(make_napari_viewer, clf, da.from_array(big, chunks=1024), "slide")
     assert w.apply_to_layer(layer) is not None
     qtbot.waitUntil(lambda: "slide segmentation" in viewer.layers and 0 < w.panel.progress.value() < 50,
                     timeout=60_000)
@@ -107,11 +121,7 @@ def test_stop_while_objects_are_split_keeps_the_segmentation_and_no_half_split_f
                                                                                        trained):
     s, clf = trained
     big = np.tile(s.image, (16, 8))  # 2560 x 1600: the objects are split in two strips
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(da.from_array(big, chunks=1024), name="slide")
-    w = PixelClassifierWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.model = clf
+    viewer, layer, w = docked(make_napari_viewer, clf, da.from_array(big, chunks=1024), "slide")
     assert w.apply_to_layer(layer) is not None
     qtbot.waitUntil(lambda: "Splitting touching objects" in w.panel.status.text(), timeout=60_000)
     w.stop()
@@ -120,18 +130,6 @@ def test_stop_while_objects_are_split_keeps_the_segmentation_and_no_half_split_f
     np.testing.assert_array_equal(np.asarray(viewer.layers["slide segmentation"].data), clf.predict(big))
     assert "slide instances" not in viewer.layers
     assert [p.name.split("-")[0] for p in w.lazy._temporary_folder().iterdir()] == ["segmentation"]
-
-
-def applied(make_napari_viewer, qtbot, clf, data, name, **layer_kw):
-    """A viewer holding `data` as layer `name`, the forest widget docked after, applied to it."""
-    viewer = make_napari_viewer()
-    layer = viewer.add_image(data, name=name, **layer_kw)
-    w = PixelClassifierWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.model = clf
-    assert w.apply_to_layer(layer) is not None
-    wait_idle(qtbot, w)
-    return viewer, w
 
 
 def test_a_zarr_array_layer_is_read_by_blocks_too(make_napari_viewer, qtbot, trained):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from .events import Progress
+
 SIGMA = 1.0  # smoothing of the distance transform, in pixels
 RADIUS = int(4.0 * SIGMA + 0.5)  # reach of scipy's Gaussian (truncate=4)
 STRIP_PIXELS = 1 << 21  # pixels of a strip's own rows: ~250 MB of working memory
@@ -43,17 +45,17 @@ def split_in_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8,
     strips = iter_strips(rows, out, spacing, h, min_size, strip_pixels)
     while True:
         try:
-            done, total = next(strips)
+            ev = next(strips)
         except StopIteration as end:
             return end.value
         if on_strip is not None:
-            on_strip(done, total)
+            on_strip(ev.done, ev.total)
 
 
 def iter_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8, strip_pixels: int = STRIP_PIXELS):
-    """split_in_strips as a generator: yields (rows done, rows in all) after
-    each strip, so a caller can report progress and stop between strips;
-    returns the object count.
+    """split_in_strips as a generator of Progress events (stage "instances",
+    rows done of rows in all) after each strip, so a caller can report
+    progress and stop between strips; returns the object count.
 
     rows(lo, hi): the boolean mask of rows lo..hi-1 (first axis), e.g. read
     from a segmentation store on disk; out: any array sliced by rows (numpy,
@@ -109,7 +111,7 @@ def iter_strips(rows, out, spacing=None, h: float = 1.5, min_size: int = 8, stri
             block[own] = labels[own] + next_id
             out[lo:lo + stop] = block
             next_id += int(labels.max())
-        yield end, n_rows
+        yield Progress("instances", end, n_rows, "Splitting touching objects, strip by strip…")
     return next_id
 
 

@@ -254,14 +254,7 @@ def _split_objects(seg, spec: dict):
     wide = path.with_suffix(".int32.npy")
     out = np.lib.format.open_memmap(wide, mode="w+", dtype=np.int32, shape=seg.shape)
     try:
-        strips = iter_strips(lambda lo, hi: seg[lo:hi] == fg, out, spec["spacing"])
-        while True:
-            try:
-                done, total = next(strips)
-            except StopIteration as end:
-                n = end.value
-                break
-            yield Progress("instances", done, total, "Splitting touching objects, strip by strip…")
+        n = yield from iter_strips(lambda lo, hi: seg[lo:hi] == fg, out, spec["spacing"])
         out.flush()
         if n > UINT16_IDS:
             del out
