@@ -58,9 +58,12 @@ def test_instances_tile_by_tile_equal_the_in_memory_ones(files, tmp_path):
     assert "in 9 blocks" in r.stdout and "inst.zarr" in r.stdout.splitlines()[-1]
     whole = tifffile.imread(files / "rf_inst.tif")
     assert whole.max() > 20
-    np.testing.assert_array_equal(zarr.open(str(tmp_path / "inst.zarr"))[:], whole)
+    tiled = zarr.open(str(tmp_path / "inst.zarr"))
+    assert tiled.dtype == np.int32  # labels, not float64 (dask took a positional dtype as something else)
+    np.testing.assert_array_equal(tiled[:], whole)
     ok("predict", "--model", files / "rf.dlv", "--image", files / "img.tif", "--out", tmp_path / "seg2.zarr",
        "--instances", tmp_path / "inst.tif", "--foreground", "2", "--chunk", "128")
+    assert tifffile.imread(tmp_path / "inst.tif").dtype == np.int32
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "inst.tif"), whole)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inst.tif", "inst.zarr", "seg.zarr", "seg2.zarr"]
 

@@ -110,6 +110,7 @@ def test_strokes_given_as_dense_masks_are_refused(files, tmp_path):
     """Each stroke class became one scattered 'object': trained without a word."""
     r = dlvision("train", "unet", "--image", files / "img.tif", "--labels", files / "lab.tif", "--dense",
                  "--out", tmp_path / "u.dlv", "--steps", 2)
+    one_line_error(r, "lab.tif: label ")  # which file, with --masks-dir or several --labels
     one_line_error(r, "dense training needs instance masks")
     assert not (tmp_path / "u.dlv").exists()
 

@@ -72,7 +72,7 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
     assert w.apply_to_layer(top) is not None
     wait_idle(qtbot, w)
     names = [lay.name for lay in viewer.layers]
-    assert names[-3:] == ["top", "top instances", "top segmentation"] and viewer.layers.selection.active is strokes
+    assert names[-3:] == ["top", "top segmentation", "top instances"] and viewer.layers.selection.active is strokes
 
     w.outputs.prob_check.setChecked(True)  # probabilities need the whole image: said, not shown
     w.outputs.instances_check.setChecked(False)
@@ -80,7 +80,10 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
     wait_idle(qtbot, w)
     assert "No probabilities (they need the whole image in memory)" in w.panel.status.text()
     assert "objects" not in w.panel.status.text()
-    assert len(list(w.lazy._temporary_folder().iterdir())) == 4  # each layer's segmentation and instances
+    folder = w.lazy._temporary_folder()
+    assert len(list(folder.iterdir())) == 4  # each layer's segmentation and instances
+    viewer.close()  # deletes the dock without closing it: the files (a slide's are gigabytes) go too
+    qtbot.waitUntil(lambda: not folder.exists(), timeout=10_000)
 
 
 def docked(make_napari_viewer, clf, data, name, **layer_kw):

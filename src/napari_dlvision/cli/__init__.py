@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from concurrent.futures import BrokenExecutor
@@ -99,6 +100,11 @@ def _main(argv) -> int:
     except MemoryError:
         print("dlvision: error: out of memory; try a smaller image, tile or batch", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `dlvision info m.dlv | head`: the reader left; nothing is wrong with the run.
+        # stdout's buffer is dropped, or the flush at exit fails the same way.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except BrokenExecutor:
         # --scheduler processes: a worker killed (by the kernel's out-of-memory killer, say)
         print("dlvision: error: a worker process ended abruptly (killed, or out of memory?); "

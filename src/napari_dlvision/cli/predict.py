@@ -113,9 +113,10 @@ def run(args):
         files = list_images(args.image)
         if args.out.exists() and not args.out.is_dir():
             raise UserInputError(f"--out {args.out} is a file; give a folder for a folder of images")
-        if extra:
+        named = [k for k, v in extra.items() if str(v) != "yes"]  # the README's "--instances yes" names nothing
+        if named:
             print(f"note: with a folder of images every output goes to {args.out}/<name>_<output>.tif; "
-                  f"the names given to {', '.join('--' + k for k in extra)} are not used", flush=True)
+                  f"the names given to {', '.join('--' + k for k in named)} are not used", flush=True)
         last = None
         for ev in iter_predict_folder(model, files, args.out, wanted, args.channel_axis, args.spacing, **options):
             if ev.stage == "file":

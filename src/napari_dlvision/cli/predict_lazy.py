@@ -87,7 +87,7 @@ def run(args, kind):
         seg = results[model.MAIN_OUTPUT]
         fg = model.n_classes if foreground is None else foreground
         spacing = args.spacing if args.spacing is not None else getattr(model, "spacing", None)
-        derived.append((args.instances, da.zeros(seg.shape, np.int32, chunks=seg.chunks),
+        derived.append((args.instances, da.zeros(seg.shape, dtype=np.int32, chunks=seg.chunks),
                         lambda written, target: _split_objects(written[args.out], fg, target, spacing)))
     with _scheduler(args):
         if args.dask_address:
@@ -110,8 +110,9 @@ def _split_objects(seg, foreground: int, target, spacing) -> None:
     from ..core.instances import split_in_strips
 
     print(f"splitting the objects of class {foreground} into instances, strip by strip", file=sys.stderr, flush=True)
-    n = split_in_strips(lambda lo, hi: seg[lo:hi] == foreground, target, spacing,
-                        on_strip=lambda done, total: _bar(done, total, "rows"))
+    with _bar_ends_its_line():
+        n = split_in_strips(lambda lo, hi: seg[lo:hi] == foreground, target, spacing,
+                            on_strip=lambda done, total: _bar(done, total, "rows"))
     print(f"{n} objects", file=sys.stderr, flush=True)
 
 
@@ -139,9 +140,22 @@ def _detect(args, kind):
     if channel_axis is None:
         channel_axis = model.guess_channel_axis(lazy.array.shape)
     print(f"detecting in {'x'.join(map(str, lazy.array.shape))}, tile by tile from the store", flush=True)
-    boxes = model.predict_outputs(lazy.array, channel_axis, args.spacing, ("boxes",), on_progress=_tile_bar,
-                                  **options)["boxes"]
+    with _bar_ends_its_line():
+        boxes = model.predict_outputs(lazy.array, channel_axis, args.spacing, ("boxes",), on_progress=_tile_bar,
+                                      **options)["boxes"]
     print(f"wrote {write_output(args.out, boxes)} ({len(boxes)} boxes)")
+
+
+@contextlib.contextmanager
+def _bar_ends_its_line():
+    """An interrupt or error during a progress bar: its message starts on a line of its own."""
+    try:
+        yield
+    except BaseException:
+        import sys
+
+        print(file=sys.stderr, flush=True)
+        raise
 
 
 def _tile_bar(done: int, total: int) -> None:

@@ -55,6 +55,8 @@ def run(args):
     imgs, labs, axis = read_pairs(images, labels, args.channel_axis)
     if not dense:
         check_named_classes(args.class_names, labs)
+    else:
+        _check_masks(labels, labs)
 
     from ..dl.pixel_train import TrainSettings, train_unet
     from ..dl.segmenter import UNetSegmenter
@@ -79,6 +81,20 @@ def run(args):
         elif ev.stage == "training" and ev.done % every == 0:
             print(f"step {ev.done}/{ev.total}  loss {ev.smoothed_loss:.4f}  {ev.seconds:.0f} s", flush=True)
     save_trained(seg, args.out)
+
+
+def _check_masks(paths, masks) -> None:
+    """Each file given as instance masks is one (dl.targets.check_instance_mask),
+    refused by its name: with --masks-dir or several --labels, which one."""
+    from ..core.errors import UserInputError
+    from ..core.labels import as_label_array
+    from ..dl.targets import check_instance_mask
+
+    for path, mask in zip(paths, masks):
+        try:
+            check_instance_mask(as_label_array(mask, "instance labels"))
+        except UserInputError as e:
+            raise UserInputError(f"{path}: {e}") from None
 
 
 def run_command(settings: dict, mode: str, preset: str, channel_axis=None, spacing=None,

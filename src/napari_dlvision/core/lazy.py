@@ -449,7 +449,8 @@ def check_lazy_output(path) -> None:
         if path.exists() and not _has_zarr_metadata(path):  # e.g. a folder of the user's named *.zarr
             raise UserInputError(f"{path} exists and is not a Zarr store; it would be replaced")
     elif path.suffix.lower() not in (".tif", ".tiff"):
-        raise UserInputError(f"{path}: an image larger than memory is written as .zarr or .tif")
+        raise UserInputError(f"{path}: the tile-by-tile path (a Zarr or large TIFF input or output, or a dask "
+                             "option) writes .zarr or .tif")
     if not path.resolve().parent.is_dir():
         raise UserInputError(f"cannot write {path}: output folder does not exist")
 

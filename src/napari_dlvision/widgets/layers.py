@@ -158,6 +158,8 @@ def place_output(viewer, layer, keep_selected=None, above=None) -> None:
         # The annotation layer lies below the image predicted (strokes of another
         # image, or the image opened last): straight above the image, or it hides the output.
         where = viewer.layers.index(above) + 1
+        while where < len(viewer.layers) and OUTPUT_TAG in viewer.layers[where].metadata:
+            where += 1  # above the outputs already there, in the order they came
     before = viewer.layers.selection.active
     with _not_activated(viewer.layers):
         viewer.layers.insert(where, layer)

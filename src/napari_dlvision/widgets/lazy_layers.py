@@ -10,6 +10,7 @@ widget closes.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import shutil
 import tempfile
@@ -69,6 +70,10 @@ class LazyPredictions:
         self.save_btn.setVisible(False)  # shown once a large layer is predicted
         self.save_btn.clicked.connect(self._save_dialog)
         widget.on_close(self.cleanup)
+        # Closing the viewer deletes the dock without closing it: the files
+        # (gigabytes for a slide) must go then too. A partial holds this object
+        # (no Qt object), so the call reaches it after the widget is gone.
+        widget.destroyed.connect(functools.partial(LazyPredictions.cleanup, self))
 
     def predict(self, image: Image, model, what: str, layer_type: str, key: str, note: str = "",
                 instances: dict | None = None, **layer_kw):
@@ -232,7 +237,7 @@ class LazyPredictions:
             self._folder = Path(tempfile.mkdtemp(prefix="napari-dlvision-"))
         return self._folder
 
-    def cleanup(self):
+    def cleanup(self, *_):
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
