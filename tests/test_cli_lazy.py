@@ -182,7 +182,7 @@ def test_what_blocks_cannot_do_is_refused_in_one_line(files, tmp_path, extra, wo
     args = ["predict", "--model", files / "rf.dlv", "--image", files / "img.tif"]
     if "--out" not in extra:
         args += ["--out", tmp_path / "seg.zarr"]
-    r = dlvision(*args, *[a.format(t=tmp_path) for a in extra], timeout=120)
+    r = dlvision(*args, *[a.format(t=tmp_path) for a in extra], timeout=120, DLVISION_DASK_CONNECT_S="2")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and words in lines[0], r.stderr
     assert list(tmp_path.iterdir()) == []
@@ -297,7 +297,7 @@ def test_a_service_that_is_no_dask_scheduler_is_one_line_not_a_hang(files, tmp_p
     try:
         r = dlvision("predict", "--model", files / "rf.dlv", "--image", files / "img.tif",
                      "--out", tmp_path / "seg.zarr", "--dask-address", f"tcp://127.0.0.1:{server.getsockname()[1]}",
-                     timeout=60)
+                     timeout=60, DLVISION_DASK_CONNECT_S="2")  # 10 s (+ 5 s) by default
     finally:
         server.close()
     lines = r.stderr.strip().splitlines()

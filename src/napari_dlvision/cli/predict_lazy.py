@@ -234,11 +234,23 @@ def _quiet_cancelled_gathers(client):
     return lambda: loop.call_soon_threadsafe(loop.set_exception_handler, before)
 
 
-CONNECT_S = 10  # seconds to reach a dask scheduler
+CONNECT_S = 10  # seconds to reach a dask scheduler; DLVISION_DASK_CONNECT_S changes it
+
+
+def _connect_seconds() -> float:
+    import math
+    import os
+
+    try:
+        s = float(os.environ.get("DLVISION_DASK_CONNECT_S", CONNECT_S))
+    except ValueError:
+        return CONNECT_S
+    return s if math.isfinite(s) and 0 < s <= 3600 else CONNECT_S
 
 
 def _connect(Client, address):
-    """A Client of the scheduler at `address`, or one line within CONNECT_S + 5 s.
+    """A Client of the scheduler at `address`, or one line within 1.5x the
+    connection timeout (10 s + 5 s by default).
 
     distributed's own timeout covers the connection but not the handshake: a
     service that answers but speaks another protocol (a web server at that
@@ -249,18 +261,20 @@ def _connect(Client, address):
     from ..core.errors import UserInputError
 
     result = {}
+    limit = _connect_seconds()
+    deadline = limit * 1.5  # the handshake's share after the connection
 
     def connect():
         try:
-            result["client"] = Client(address, timeout=f"{CONNECT_S}s")
+            result["client"] = Client(address, timeout=f"{limit}s")
         except Exception as e:  # noqa: BLE001 - reported below, in one line
             result["error"] = e
 
     thread = threading.Thread(target=connect, name="dask connect", daemon=True)
     thread.start()
-    thread.join(CONNECT_S + 5)
+    thread.join(deadline)
     if "client" in result:
         return result["client"]
     why = result.get("error")
-    why = f": {why}" if why is not None else f": no dask handshake within {CONNECT_S + 5} s (is it a dask scheduler?)"
+    why = f": {why}" if why is not None else f": no dask handshake within {deadline:g} s (is it a dask scheduler?)"
     raise UserInputError(f"no dask scheduler answered at {address}{why}")
