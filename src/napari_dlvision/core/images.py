@@ -102,6 +102,7 @@ def spatial_shape(shape, channel_axis: int | None) -> tuple[int, ...]:
 
 _LIMIT: int | None = None  # set by limit_threads (dask workers run one block per core)
 _BLAS = None  # threadpoolctl's limiter while limited
+_TORCH_BEFORE: int | None = None  # torch's thread count before the limit, given back after it
 
 
 def n_threads() -> int:
@@ -119,10 +120,13 @@ def limit_threads(n: int | None) -> None:
     there are cores again): our own pools, OpenCV's, BLAS's and torch's.
     Cheap to repeat: blocks call it each time, as torch may be imported
     after the first call."""
-    global _LIMIT, _BLAS
+    global _LIMIT, _BLAS, _TORCH_BEFORE
     import sys
 
     changed = _LIMIT != n
+    torch = sys.modules.get("torch")
+    if torch is not None and n is not None and _TORCH_BEFORE is None:
+        _TORCH_BEFORE = torch.get_num_threads()  # before threadpoolctl limits OpenMP, torch's too
     if changed:
         _LIMIT = None if n is None else int(n)
         import cv2
@@ -138,6 +142,12 @@ def limit_threads(n: int | None) -> None:
                 _BLAS = threadpool_limits(_LIMIT)
             except ImportError:  # scikit-learn brings it; without it BLAS keeps its pool
                 pass
-    torch = sys.modules.get("torch")
-    if torch is not None and (changed or _LIMIT is not None) and torch.get_num_threads() != n_threads():
-        torch.set_num_threads(n_threads())
+    if torch is None:
+        return
+    if _LIMIT is not None:
+        if torch.get_num_threads() != _LIMIT:
+            torch.set_num_threads(_LIMIT)
+    elif _TORCH_BEFORE is not None:
+        # As it was (OMP_NUM_THREADS, the user's own setting), not one thread per core.
+        torch.set_num_threads(_TORCH_BEFORE)
+        _TORCH_BEFORE = None
