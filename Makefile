@@ -16,7 +16,7 @@ run: setup
 	$(XRUN) $(BIN)/python -m napari_dlvision
 
 test: setup
-	$(XRUN) $(BIN)/python -m pytest -q --durations=25 tests
+	$(XRUN) $(BIN)/python -m pytest -q -n auto --durations=25 tests
 
 bench: setup
 	$(BIN)/python bench/bench_pixel_classifier.py

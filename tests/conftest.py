@@ -1,9 +1,19 @@
 import functools
+import os
 
-import numpy as np
+# `make test` runs one pytest-xdist worker per core. Each worker gets its share
+# of the cores, set before torch is imported (CLI subprocesses inherit it):
+# torch's OpenMP threads spin while they wait, and two workers each running as
+# many threads as there are cores made some trainings ten times slower.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+TORCH_THREADS = max(1, _CORES // _WORKERS)
+os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
+
+import numpy as np  # noqa: E402
 import pytest
 
-from napari_dlvision.data.synthetic import nuclei
+from napari_dlvision.data.synthetic import nuclei  # noqa: E402
 
 
 @functools.lru_cache

@@ -1,6 +1,7 @@
 """Shared fixtures for the deep-learning tests: small real trainings on CPU."""
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from scipy import ndimage as ndi
 
 from napari_dlvision.data.synthetic import nuclei
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # see tests/conftest.py
 
 
 def _touching_pairs(shape, n_pairs, seed, radius=(9.0, 12.0), separation=(1.55, 1.85)):
