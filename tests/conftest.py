@@ -4,14 +4,15 @@ import os
 # `make test` runs one pytest-xdist worker per core. Each worker gets its share
 # of the cores, set before torch is imported (CLI subprocesses inherit it):
 # torch's OpenMP threads spin while they wait, and two workers each running as
-# many threads as there are cores made some trainings ten times slower.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-TORCH_THREADS = max(1, _CORES // _WORKERS)
-os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
+# many threads as there are cores made some trainings eight times slower. Only
+# in workers: they inherit the controlling process's environment.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    _share = max(1, _cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 import numpy as np  # noqa: E402
-import pytest
+import pytest  # noqa: E402
 
 from napari_dlvision.data.synthetic import nuclei  # noqa: E402
 

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 from napari_dlvision.data.synthetic import nuclei
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # see tests/conftest.py
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # see tests/conftest.py
 
 
 def _touching_pairs(shape, n_pairs, seed, radius=(9.0, 12.0), separation=(1.55, 1.85)):
