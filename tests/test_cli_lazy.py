@@ -106,6 +106,36 @@ def test_unet_on_ome_zarr_keeps_its_metadata_and_equals_in_memory(files, tmp_pat
     np.testing.assert_allclose(prob["0"][:], tifffile.imread(files / "unet_prob.tif"), atol=1e-5)
 
 
+def test_outputs_of_a_tczyx_store_name_their_own_axes_and_keep_its_translation(files, tmp_path):
+    """bioformats2raw writes every image as TCZYX; with t = c = z = 1 a 2D model takes z as its
+    channel axis. The outputs' metadata said z, y, x for a 2D segmentation, and the class
+    axis of the probabilities was labelled z at 2 micrometres; the image's offset was lost."""
+    image = tifffile.imread(files / "img.tif")
+    group = zarr.open_group(str(tmp_path / "in.ome.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=(1, 1, 1, *image.shape), chunks=(1, 1, 1, 64, 64), dtype=image.dtype)[0, 0, 0] = image
+    um = {"type": "space", "unit": "micrometer"}
+    group.attrs["multiscales"] = [{
+        "version": "0.4",
+        "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, {"name": "z", **um},
+                 {"name": "y", **um}, {"name": "x", **um}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1, 1, 2.0, 0.5, 0.25]},
+            {"type": "translation", "translation": [0, 0, 0, 100.0, 200.0]}]}],
+    }]
+    ok("predict", "--model", files / "rf.dlv", "--image", tmp_path / "in.ome.zarr", "--out", tmp_path / "seg.ome.zarr",
+       "--probabilities", tmp_path / "prob.ome.zarr", "--instances", tmp_path / "inst.ome.zarr", "--chunk", "128")
+    for name, axes, scale, shift in (("seg", "yx", [0.5, 0.25], [100.0, 200.0]),
+                                     ("inst", "yx", [0.5, 0.25], [100.0, 200.0]),
+                                     ("prob", "cyx", [1.0, 0.5, 0.25], [0.0, 100.0, 200.0])):
+        out = zarr.open_group(str(tmp_path / f"{name}.ome.zarr"), mode="r")
+        ms = out.attrs["multiscales"][0]
+        assert "".join(a["name"] for a in ms["axes"]) == axes and out["0"].ndim == len(axes), name
+        transforms = {t["type"]: t[t["type"]] for t in ms["datasets"][0]["coordinateTransformations"]}
+        assert transforms == {"scale": scale, "translation": shift}, name
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "seg.ome.zarr"), mode="r")["0"][:],
+                                  tifffile.imread(files / "rf_seg.tif"))
+
+
 def test_a_dask_distributed_cluster_gives_the_local_result_bit_for_bit(files, tmp_path):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

@@ -37,7 +37,7 @@ def run(args, kind):
     from .. import kinds
     from ..core.errors import UserInputError
     from ..core.io import channel_axis_for, check_outputs, outputs_inside
-    from ..core.lazy import check_lazy_output, is_zarr, lazy_outputs, open_lazy, store
+    from ..core.lazy import check_lazy_output, is_zarr, lazy_outputs, ome_output, open_lazy, store
     from .predict import task_options
 
     if kind.task == kinds.BOXES:
@@ -78,6 +78,18 @@ def run(args, kind):
         den = results["denoised"]
         results["denoised"] = den[0] if channel_axis is None else _moveaxis(den, 0, channel_axis)
     outputs = {args.out: results[model.MAIN_OUTPUT], **{path: results[k] for k, path in extra.items()}}
+    ome = None
+    if lazy.ome is not None:
+        # Each output's axes: the input's less the one taken as channels, a class axis first for the
+        # probabilities; the denoised image keeps the input's layout.
+        spatial = [i for i in range(lazy.array.ndim) if i != channel_axis % lazy.array.ndim] \
+            if channel_axis is not None else list(range(lazy.array.ndim))
+        layouts = {"segmentation": spatial, "uncertainty": spatial, "probabilities": ["c", *spatial],
+                   "denoised": list(range(lazy.array.ndim))}
+        names = {args.out: model.MAIN_OUTPUT, **{path: k for k, path in extra.items()}}
+        ome = {path: ome_output(lazy.ome, layouts[names[path]]) for path in outputs}
+        if args.instances is not None:
+            ome[args.instances] = ome_output(lazy.ome, spatial)
     blocks = results[model.MAIN_OUTPUT].npartitions
     derived = []
     if args.instances is not None:
@@ -98,7 +110,7 @@ def run(args, kind):
             where = f"{args.workers or 'all'} local {args.scheduler or 'threads'}"
         print(f"predicting {'x'.join(map(str, arr.shape[1:]))} in {blocks} block{'s' * (blocks != 1)} on {where}",
               flush=True)
-        written = store(outputs, lazy.ome, derived=derived)
+        written = store(outputs, ome, derived=derived)
     print("wrote " + ", ".join(map(str, written)))
 
 

@@ -118,7 +118,7 @@ def _has_zarr_metadata(path: Path) -> bool:
 @dataclass
 class LazyImage:
     array: object  # dask array, the file's own axis order
-    ome: dict | None = None  # {"axes": [...], "scale": [...], "zarr_format": 2|3, "version": str}
+    ome: dict | None = None  # {"axes", "scale", "translation": one per axis, "zarr_format": 2|3, "version"}
     channel_axis: int | None = None  # from OME axes when they name one
 
 
@@ -184,10 +184,12 @@ def _open_ome(path, group, da) -> LazyImage:
     axes = first.get("axes") or []
     names = [a.get("name") if isinstance(a, dict) else str(a) for a in axes]
     types = [a.get("type") if isinstance(a, dict) else None for a in axes]
-    scale = [1.0] * arr.ndim
+    scale, translation = [1.0] * arr.ndim, [0.0] * arr.ndim
     for t in ds.get("coordinateTransformations", []) or []:
-        if isinstance(t, dict) and t.get("type") == "scale" and len(t.get("scale", [])) == arr.ndim:
-            scale = [float(v) for v in t["scale"]]
+        kind = t.get("type") if isinstance(t, dict) else None
+        if kind in ("scale", "translation") and len(t.get(kind) or []) == arr.ndim:
+            values = [float(v) for v in t[kind]]
+            scale, translation = (values, translation) if kind == "scale" else (scale, values)
     dark = da.from_zarr(arr)
     full = [dict(a) if isinstance(a, dict) else {"name": str(a)} for a in axes]  # units and all
     if len(names) != dark.ndim:
@@ -198,13 +200,13 @@ def _open_ome(path, group, da) -> LazyImage:
         if dark.shape[i] != 1:
             raise UserInputError(f"{path}: {dark.shape[i]} time points; predict one time point at a time")
         dark = dark[(slice(None),) * i + (0,)]
-        del names[i], types[i], scale[i], full[i]
+        del names[i], types[i], scale[i], translation[i], full[i]
     channel = next((i for i, (n, t) in enumerate(zip(names, types)) if t == "channel" or n == "c"), None)
     if channel is not None and dark.shape[channel] == 1:
         dark = dark[(slice(None),) * channel + (0,)]
-        del names[channel], types[channel], scale[channel], full[channel]
+        del names[channel], types[channel], scale[channel], translation[channel], full[channel]
         channel = None
-    meta = {"axes": full, "scale": scale, "zarr_format": int(group.metadata.zarr_format),
+    meta = {"axes": full, "scale": scale, "translation": translation, "zarr_format": int(group.metadata.zarr_format),
             "version": str(first.get("version", ome.get("version", "0.4")))}
     return LazyImage(dark, meta, channel)
 
@@ -459,6 +461,8 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived
     """Compute and write {path: dask array} together, each into a temporary
     name renamed into place at the end; on any failure nothing is left.
 
+    ome: {path: OME-Zarr metadata (ome_output)} for Zarr outputs that get it.
+
     derived: (path, template, make) for outputs computed from the written
     ones, before any is renamed: make(written, target) reads the outputs
     already written (written[path][rows]) and fills `target`, a new store
@@ -467,6 +471,7 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived
     import dask.array as da
 
     outputs = {p: _zarr_chunked(a) if is_zarr(p) else a for p, a in outputs.items()}
+    ome = {Path(p): meta for p, meta in (ome or {}).items()}
     targets, temps, finals = {}, [], []
     computing = False
     try:
@@ -475,7 +480,7 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived
             tmp = partial_name(path.resolve())
             temps.append(tmp)
             finals.append((tmp, path))
-            targets[path] = _create_zarr(tmp, arr, ome) if is_zarr(path) else _create_tiff(tmp, arr, path)
+            targets[path] = _create_zarr(tmp, arr, ome.get(path)) if is_zarr(path) else _create_tiff(tmp, arr, path)
         sources = list(outputs.values())
         # One block at a time: its own pools may use every core.
         parallel = max(a.npartitions for a in sources) > 1
@@ -485,8 +490,7 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived
         computing = False
         for path, _, make in derived:
             make({Path(p): targets[Path(p)] for p in outputs}, targets[Path(path)])
-        for tmp, path in finals:
-            _replace(tmp, path)
+        _put_in_place(finals)
         return [p for _, p in finals]
     except BaseException:
         for tmp in temps:
@@ -612,23 +616,45 @@ def _zarr_chunked(arr):
     return arr.rechunk(grid)
 
 
-def _create_zarr(tmp, arr, ome):
+def ome_output(ome: dict, layout) -> dict:
+    """An output's OME-Zarr metadata from its input's (`LazyImage.ome`).
+
+    `layout` lists, for each axis of the output, the input axis it comes from
+    (its name, unit, scale and translation), or "c" for a class axis made by
+    the model (probabilities). An input axis the model took as channels is in
+    no output but those in the input's own layout (the denoised image)."""
+    axes, scale = [], []
+    translation = ome.get("translation") or [0.0] * len(ome["axes"])
+    shift = []
+    for i in layout:
+        if i == "c":
+            axes.append({"name": "c", "type": "channel"})
+            scale.append(1.0)
+            shift.append(0.0)
+        else:
+            axes.append(dict(ome["axes"][i]))
+            scale.append(float(ome["scale"][i]))
+            shift.append(float(translation[i]))
+    return {**ome, "axes": axes, "scale": scale, "translation": shift if any(shift) else None}
+
+
+def _create_zarr(tmp, arr, meta):
+    """A Zarr array for `arr`, inside an OME-Zarr group when `meta` (ome_output) describes it."""
     zarr = _zarr()
     chunks = tuple(max(c) for c in arr.chunks)
-    if ome is None:
+    if meta is None:
         return zarr.create_array(str(tmp), shape=arr.shape, chunks=chunks, dtype=arr.dtype)
-    group = zarr.open_group(str(tmp), mode="w", zarr_format=ome["zarr_format"])
+    if len(meta["axes"]) != arr.ndim:  # a caller's mistake: never write axes that mislabel the data
+        raise ValueError(f"{len(meta['axes'])} OME axes for an output of {arr.ndim}")
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=meta["zarr_format"])
     target = group.create_array("0", shape=arr.shape, chunks=chunks, dtype=arr.dtype)
-    axes, scale = list(ome["axes"]), list(ome["scale"])
-    spatial = [a for a in axes if a.get("type") != "channel" and a.get("name") != "c"]
-    keep = [i for i, a in enumerate(axes) if a in spatial]
-    axes, scale = [axes[i] for i in keep], [scale[i] for i in keep]
-    if arr.ndim == len(axes) + 1:  # probabilities, denoised channels: a channel axis first
-        axes, scale = [{"name": "c", "type": "channel"}] + axes, [1.0] + scale
-    multiscales = [{"version": ome["version"], "name": "napari-dlvision", "axes": axes,
-                    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]
-    if ome["zarr_format"] >= 3:
-        group.attrs["ome"] = {"version": ome["version"], "multiscales": multiscales}
+    transforms = [{"type": "scale", "scale": meta["scale"]}]
+    if meta.get("translation"):
+        transforms.append({"type": "translation", "translation": meta["translation"]})
+    multiscales = [{"version": meta["version"], "name": "napari-dlvision", "axes": meta["axes"],
+                    "datasets": [{"path": "0", "coordinateTransformations": transforms}]}]
+    if meta["zarr_format"] >= 3:
+        group.attrs["ome"] = {"version": meta["version"], "multiscales": multiscales}
     else:
         group.attrs["multiscales"] = multiscales
     return target
@@ -658,14 +684,37 @@ def _progress(show):
         yield
 
 
-def _replace(tmp: Path, path: Path) -> None:
-    if not path.exists() or path.is_file() and tmp.is_file():
-        os.replace(tmp, path)
-        return
-    old = path.parent / f".{path.name[:100]}.{secrets.token_hex(6)}.old"
-    os.replace(path, old)  # a folder cannot be replaced in one step: swap, then delete the old
-    os.replace(tmp, path)
-    _remove(old)
+def _put_in_place(finals) -> None:
+    """Rename each (temporary, final) output into place, all or none.
+
+    A folder (a Zarr store) cannot replace another in one step, and deleting
+    a large one takes minutes: existing outputs are moved aside first and
+    deleted only once every new one is in place, so an interrupt leaves the
+    old outputs or the new ones, never some of each."""
+    aside, placed = [], []
+    try:
+        for _, path in finals:
+            if path.exists() or path.is_symlink():
+                old = path.parent / f".{path.name[:100]}.{secrets.token_hex(6)}.old"
+                os.replace(path, old)
+                aside.append((old, path))
+        for tmp, path in finals:
+            os.replace(tmp, path)
+            placed.append(path)
+    except BaseException:
+        for path in placed:
+            _remove(path)
+        for old, path in aside:
+            with contextlib.suppress(OSError):
+                os.replace(old, path)
+        raise
+    try:
+        for old, _ in aside:
+            _remove(old)
+    except BaseException:  # an interrupt while deleting: the new outputs are in place; finish, then stop
+        for old, _ in aside:
+            _remove(old)
+        raise
 
 
 def _remove(p: Path) -> None:
