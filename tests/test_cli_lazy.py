@@ -148,6 +148,15 @@ def test_a_dask_distributed_cluster_gives_the_local_result_bit_for_bit(files, tm
         rel = dlvision("predict", "--model", files / "rf.dlv", "--image", "img.zarr", "--out", "rel.zarr",
                        "--dask-address", cluster.scheduler_address, cwd=tmp_path)
         assert rel.returncode == 0, rel.stderr
+        # Workers without the shared file system wrote the chunks to their own disks: all zeros here, exit 0.
+        # Here a file missing everywhere stands for one the workers do not see.
+        from napari_dlvision.core.errors import UserInputError
+        from napari_dlvision.core.lazy import check_cluster_sees
+
+        with distributed.Client(cluster.scheduler_address, set_as_default=True):
+            check_cluster_sees([files / "img.tif", tmp_path])
+            with pytest.raises(UserInputError, match=r"worker tcp://.* cannot see .*elsewhere\.zarr: a cluster"):
+                check_cluster_sees([files / "img.tif", tmp_path / ".elsewhere.zarr.0123456789ab.partial.zarr"])
     assert "on the cluster at tcp://" in r.stdout
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "seg.zarr"))[:], tifffile.imread(files / "rf_seg.tif"))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "prob.tif"), tifffile.imread(files / "rf_prob.tif"))
@@ -296,11 +305,28 @@ def test_memory_stays_flat_for_a_zarr_image_much_larger_than_a_block(files, tmp_
     assert seg.shape == (4096, 4096) and seg.dtype == np.uint8
 
 
-def test_a_compressed_tiled_tiff_is_read_tile_by_tile_with_the_same_result(files, tmp_path):
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_a_compressed_tiled_tiff_is_read_tile_by_tile_with_the_same_result(files, tmp_path, scheduler):
+    """Worker processes read it by file name: tifffile's reader (a lock, an open file) cannot be sent there."""
     tifffile.imwrite(tmp_path / "comp.tif", tifffile.imread(files / "img.tif"), compression="zlib", tile=(64, 64))
     ok("predict", "--model", files / "rf.dlv", "--image", tmp_path / "comp.tif", "--out", tmp_path / "seg.tif",
-       "--chunk", "128")
+       "--chunk", "128", "--scheduler", scheduler, "--workers", "2")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "seg.tif"), tifffile.imread(files / "rf_seg.tif"))
+
+
+def test_a_tiff_goes_to_worker_processes_by_name_not_as_its_pixels(tmp_path):
+    """A plain TIFF was put in the graph as a memory map, which pickles to the whole image:
+    every worker process of a cluster was sent all of it."""
+    import cloudpickle
+
+    from napari_dlvision.core.lazy import open_lazy
+
+    tifffile.imwrite(tmp_path / "plain.tif", np.ones((2048, 2048), np.uint16))  # 8 MB
+    tifffile.imwrite(tmp_path / "tiled.tif", np.ones((2048, 2048), np.uint16), compression="zlib", tile=(256, 256))
+    for name in ("plain.tif", "tiled.tif"):
+        arr = open_lazy(tmp_path / name).array
+        assert len(cloudpickle.dumps(dict(arr.__dask_graph__()))) < 100_000, name
+        assert int(arr[1000:1100, 2000:].sum()) == 100 * 48, name
 
 
 def test_zarr_chunks_that_do_not_fit_the_network_are_regrouped(files, tmp_path):

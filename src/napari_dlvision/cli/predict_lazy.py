@@ -110,7 +110,7 @@ def run(args, kind):
             where = f"{args.workers or 'all'} local {args.scheduler or 'threads'}"
         print(f"predicting {'x'.join(map(str, arr.shape[1:]))} in {blocks} block{'s' * (blocks != 1)} on {where}",
               flush=True)
-        written = store(outputs, ome, derived=derived)
+        written = store(outputs, ome, derived=derived, inputs=[args.image])
     print("wrote " + ", ".join(map(str, written)))
 
 

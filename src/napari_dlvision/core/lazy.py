@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import UserInputError
 from .events import result_of
-from .io import partial_name
+from .io import final_name, partial_name
 
 LAZY_INPUT_BYTES = 1 << 31  # a TIFF larger than this is predicted lazily even without --dask options
 CHUNK = {2: 1024, 3: 128}  # default block side per spatial dimensionality
@@ -155,15 +155,19 @@ def open_lazy(path) -> LazyImage:
             shape = tif.series[0].shape
     except Exception as e:  # noqa: BLE001 - a broken TIFF has many ways to fail
         raise UserInputError(f"{path}: not a readable TIFF ({type(e).__name__})") from None
+    # Read by file name in each block, never embedded in the graph: worker
+    # processes (--scheduler processes, a cluster) were each sent the whole
+    # memory-mapped image, and a compressed TIFF's reader (a lock, an open
+    # file) could not be sent at all.
+    path = path.resolve()
     try:
         mm = tifffile.memmap(path, mode="r")  # plain, uncompressed, contiguous
-        return LazyImage(da.from_array(mm, chunks=_chunks_for(shape), lock=False))
+        source = MemmapFile(path, mm.offset, mm.shape, mm.dtype)
+        del mm
+        return LazyImage(da.from_array(source, chunks=_chunks_for(shape), lock=False))
     except (ValueError, OSError):
-        store = tifffile.imread(path, aszarr=True)  # compressed or tiled: decoded tile by tile
-        arr = _zarr().open(store, mode="r")
-        if not isinstance(arr, _zarr().Array):
-            arr = arr["0"]
-        return LazyImage(da.from_zarr(arr))
+        source = TiffTiles(path)  # compressed or tiled: decoded tile by tile
+        return LazyImage(da.from_array(source, chunks=source.chunks, lock=False))
 
 
 def _chunks_for(shape):
@@ -457,11 +461,12 @@ def check_lazy_output(path) -> None:
         raise UserInputError(f"cannot write {path}: output folder does not exist")
 
 
-def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived=()) -> list[Path]:
+def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived=(), inputs=()) -> list[Path]:
     """Compute and write {path: dask array} together, each into a temporary
     name renamed into place at the end; on any failure nothing is left.
 
     ome: {path: OME-Zarr metadata (ome_output)} for Zarr outputs that get it.
+    inputs: the files the blocks read, which a cluster's workers must see.
 
     derived: (path, template, make) for outputs computed from the written
     ones, before any is renamed: make(written, target) reads the outputs
@@ -481,6 +486,7 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived
             temps.append(tmp)
             finals.append((tmp, path))
             targets[path] = _create_zarr(tmp, arr, ome.get(path)) if is_zarr(path) else _create_tiff(tmp, arr, path)
+        check_cluster_sees([*inputs, *temps])
         sources = list(outputs.values())
         # One block at a time: its own pools may use every core.
         parallel = max(a.npartitions for a in sources) > 1
@@ -542,6 +548,32 @@ def _let_cluster_tasks_end() -> bool:
     return True
 
 
+def check_cluster_sees(paths) -> None:
+    """Refuse in one line a dask cluster (this run's client) whose workers do
+    not see these files. Workers write and read by file name: on a worker
+    without the shared file system a Zarr output's chunks went to its own
+    disk (the output here all zeros, exit 0) and an input store read as its
+    fill value."""
+    if "distributed" not in sys.modules or not paths:
+        return
+    from distributed.client import default_client
+
+    try:
+        client = default_client()
+    except ValueError:
+        return
+    unseen = client.run(_missing, [str(Path(p).resolve()) for p in paths])
+    for worker, missing in sorted(unseen.items()):
+        if missing:
+            raise UserInputError(f"the dask worker {worker} cannot see {final_name(missing[0])}: a cluster needs the "
+                                 "image and the outputs on a file system that every worker shares")
+
+
+def _missing(paths) -> list[str]:
+    """Those of `paths` this process cannot see (run on each worker by Client.run)."""
+    return [p for p in paths if not os.path.exists(p)]
+
+
 def _quiet(fn) -> None:
     try:
         fn()
@@ -560,7 +592,7 @@ def _create_tiff(tmp, arr, final):
     # A plain (uncompressed, contiguous) TIFF, written through a memory map;
     # BigTIFF when it needs it.
     mm = tifffile.memmap(tmp, shape=arr.shape, dtype=arr.dtype, bigtiff=arr.nbytes > 2**32 - 2**25)
-    target = MemmapTarget(mm.filename, mm.offset, mm.shape, mm.dtype)
+    target = MemmapFile(mm.filename, mm.offset, mm.shape, mm.dtype)
     del mm
     _reserve(tmp, final)
     return target
@@ -583,12 +615,13 @@ def _reserve(path, final) -> None:
         os.close(fd)
 
 
-class MemmapTarget:
-    """Where blocks go in a memory-mapped TIFF, by file name: a memory map
-    sent to another process would arrive as a copy (and the writes be lost)."""
+class MemmapFile:
+    """A plain TIFF's pixels, read and written by file name: a memory map sent
+    to another process would arrive as a copy (and writes to it be lost)."""
 
     def __init__(self, path, offset, shape, dtype):
         self.path, self.offset, self.shape, self.dtype = str(path), int(offset), tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
 
     def __setitem__(self, key, value):
         mm = np.memmap(self.path, mode="r+", dtype=self.dtype, shape=self.shape, offset=self.offset)
@@ -598,6 +631,30 @@ class MemmapTarget:
 
     def __getitem__(self, key):
         return np.array(np.memmap(self.path, mode="r", dtype=self.dtype, shape=self.shape, offset=self.offset)[key])
+
+
+class TiffTiles:
+    """A compressed or tiled TIFF read by file name, a region at a time (the
+    tiles under it decoded); blocks are whole tiles, about CHUNK[2] a side."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        with self._open() as arr:
+            self.shape, self.dtype, tile = tuple(arr.shape), np.dtype(arr.dtype), arr.chunks
+        self.ndim = len(self.shape)
+        self.chunks = tuple(max(t, CHUNK[2] // t * t) for t in tile)
+
+    @contextlib.contextmanager
+    def _open(self):
+        import tifffile
+
+        with tifffile.imread(self.path, aszarr=True) as store:
+            arr = _zarr().open(store, mode="r")
+            yield arr if isinstance(arr, _zarr().Array) else arr["0"]
+
+    def __getitem__(self, key):
+        with self._open() as arr:
+            return np.asarray(arr[key])
 
 
 def _zarr_chunked(arr):
