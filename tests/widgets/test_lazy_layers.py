@@ -154,7 +154,7 @@ def test_a_multiscale_layer_uses_its_full_resolution(make_napari_viewer, qtbot, 
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "seg.tif"), clf.predict(s.image))
 
 
-def test_unet_and_denoiser_widgets_predict_a_dask_layer_as_in_memory(make_napari_viewer, qtbot, trained):
+def test_unet_and_denoiser_widgets_predict_a_dask_layer_as_in_memory(make_napari_viewer, qtbot, trained, tmp_path):
     pytest.importorskip("torch")
     from napari_dlvision.widgets.torch_import import import_torch
 
@@ -198,6 +198,13 @@ def test_unet_and_denoiser_widgets_predict_a_dask_layer_as_in_memory(make_napari
             np.testing.assert_array_equal(np.asarray(viewer.layers["big instances (U-Net)"].data),
                                           seg.instances(seg.predict_proba(s.image)))
         assert "block by block" in w.panel.status.text() and w.lazy.save_btn.isEnabled()
+        noun = "denoised image" if widget is DenoiserWidget else "segmentation"
+        assert f"writes the {noun} to Zarr" in w.panel.status.text()
+        # Saved as the layer shows it: the denoised image was saved with the network's channel axis, (1, Y, X).
+        saved = tmp_path / f"{widget.__name__}.tif"
+        assert w.lazy.save(saved) is not None
+        wait_idle(qtbot, w)
+        np.testing.assert_array_equal(tifffile.imread(saved), got)
 
 
 def test_stop_ends_the_denoisers_fitting_pass_before_any_block(make_napari_viewer, qtbot):

@@ -153,12 +153,15 @@ class LazyPredictions:
         if ev.stage == "done":
             import dask.array as da
 
-            arr = payload["array"]  # dask is imported by now (the worker used it)
+            # Saved as the layer shows it (and the CLI writes it): a denoised grey image
+            # without the network's channel axis, a colour one with its channels last.
+            arr = self._displayed(payload["array"], c["what"], c["image"])
             self.result = (c["image"], da.from_array(arr, chunks=tuple(min(n, 1024) for n in arr.shape)))
             self.save_btn.setEnabled(True)
             objects = f", {c['objects']} objects" if "objects" in c else ""
+            saved = "denoised image" if c["what"] == "denoised" else "segmentation"
             w.say(f"{c['note']}Predicted {c['image'].name} block by block (those in view first){objects} in "
-                  f"{job.seconds:.1f} s; Save result… writes the segmentation to Zarr or TIFF.")
+                  f"{job.seconds:.1f} s; Save result… writes the {saved} to Zarr or TIFF.")
 
     def _show_instances(self, arr, c):
         """The instances layer, made (or refilled) once the objects are split."""
