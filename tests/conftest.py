@@ -9,7 +9,8 @@ import os
 if "PYTEST_XDIST_WORKER" in os.environ:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     _share = max(1, _cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    _given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0]  # OpenMP allows a list per nesting level
+    os.environ["OMP_NUM_THREADS"] = str(min(_share, int(_given)) if _given.isdigit() and int(_given) > 0 else _share)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

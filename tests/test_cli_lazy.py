@@ -2,6 +2,8 @@
 Zarr / OME-Zarr / TIFF, locally and on a dask.distributed cluster; the result
 is the in-memory one (bit for bit for the forest)."""
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -153,10 +155,20 @@ def test_a_dask_distributed_cluster_gives_the_local_result_bit_for_bit(files, tm
         from napari_dlvision.core.errors import UserInputError
         from napari_dlvision.core.lazy import check_cluster_sees
 
-        with distributed.Client(cluster.scheduler_address, set_as_default=True):
+        with distributed.Client(cluster.scheduler_address, set_as_default=True) as client:
             check_cluster_sees([files / "img.tif", tmp_path])
             with pytest.raises(UserInputError, match=r"worker tcp://.* cannot see .*elsewhere\.zarr: a cluster"):
                 check_cluster_sees([files / "img.tif", tmp_path / ".elsewhere.zarr.0123456789ab.partial.zarr"])
+            # A stopped worker: Client.run waited for good.
+            pid = next(iter(client.run(os.getpid).values()))
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setenv("DLVISION_DASK_CONNECT_S", "2")
+                    with pytest.raises(UserInputError, match="did not answer within 2 s"):
+                        check_cluster_sees([files / "img.tif"])
+            finally:
+                os.kill(pid, signal.SIGCONT)
     assert "on the cluster at tcp://" in r.stdout
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "seg.zarr"))[:], tifffile.imread(files / "rf_seg.tif"))
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "prob.tif"), tifffile.imread(files / "rf_prob.tif"))

@@ -79,3 +79,38 @@ def test_an_interrupt_while_outputs_go_into_place_leaves_all_old_or_all_new(tmp_
     values = {int(np.unique(zarr.open(str(seg))[:])[0]), int(np.unique(tifffile.imread(prob))[0])}
     assert values == ({2} if when == "deleting an old output" else {1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prob.tif", "seg.zarr"]
+
+
+def test_a_cluster_whose_workers_do_not_see_the_files_writes_nothing(tmp_path, monkeypatch):
+    """Workers without the shared file system wrote the chunks to their own disks: all zeros here,
+    exit 0. Workers in this process see what it sees, so their look is told to find nothing."""
+    distributed = pytest.importorskip("distributed")
+    from napari_dlvision.core import lazy
+    from napari_dlvision.core.errors import UserInputError
+
+    monkeypatch.setattr(lazy, "_missing", lambda paths: list(paths))
+    image = da.ones((64, 64), dtype=np.uint8, chunks=32)
+    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        with pytest.raises(UserInputError, match=r"cannot see .*img\.tif: a cluster needs"):
+            store({tmp_path / "out.zarr": image}, progress=False, inputs=[tmp_path / "img.tif"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_through_a_link_or_named_like_a_folder(tmp_path):
+    """A link named as the output is replaced, its target kept, and no hidden copy is left; a
+    folder of the user's named *.tif was deleted by --overwrite."""
+    from napari_dlvision.core.errors import UserInputError
+    from napari_dlvision.core.lazy import check_lazy_output
+
+    image = da.full((64, 64), 3, dtype=np.uint8, chunks=32)
+    (tmp_path / "elsewhere").mkdir()
+    store({tmp_path / "elsewhere" / "real.zarr": image * 0}, progress=False)
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "elsewhere" / "real.zarr")
+    store({tmp_path / "link.zarr": image}, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "link.zarr"]
+    assert int(zarr.open(str(tmp_path / "link.zarr"))[:].min()) == 3
+    assert int(zarr.open(str(tmp_path / "elsewhere" / "real.zarr"))[:].max()) == 0
+    (tmp_path / "mine.tif").mkdir()
+    with pytest.raises(UserInputError, match="is a folder"):
+        check_lazy_output(tmp_path / "mine.tif")

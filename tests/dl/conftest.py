@@ -10,7 +10,8 @@ from scipy import ndimage as ndi
 
 from napari_dlvision.data.synthetic import nuclei
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))  # see tests/conftest.py
+if "PYTEST_XDIST_WORKER" not in os.environ:  # workers have their share from tests/conftest.py
+    torch.set_num_threads(2)
 
 
 def _touching_pairs(shape, n_pairs, seed, radius=(9.0, 12.0), separation=(1.55, 1.85)):

@@ -246,20 +246,6 @@ def _quiet_cancelled_gathers(client):
     return lambda: loop.call_soon_threadsafe(loop.set_exception_handler, before)
 
 
-CONNECT_S = 10  # seconds to reach a dask scheduler; DLVISION_DASK_CONNECT_S changes it
-
-
-def _connect_seconds() -> float:
-    import math
-    import os
-
-    try:
-        s = float(os.environ.get("DLVISION_DASK_CONNECT_S", CONNECT_S))
-    except ValueError:
-        return CONNECT_S
-    return s if math.isfinite(s) and 0 < s <= 3600 else CONNECT_S
-
-
 def _connect(Client, address):
     """A Client of the scheduler at `address`, or one line within 1.5x the
     connection timeout (10 s + 5 s by default).
@@ -271,9 +257,10 @@ def _connect(Client, address):
     import threading
 
     from ..core.errors import UserInputError
+    from ..core.lazy import connect_seconds
 
     result = {}
-    limit = _connect_seconds()
+    limit = connect_seconds()
     deadline = limit * 1.5  # the handshake's share after the connection
 
     def connect():

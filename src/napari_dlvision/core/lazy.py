@@ -25,6 +25,7 @@ import os
 import secrets
 import shutil
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -164,14 +165,20 @@ def open_lazy(path) -> LazyImage:
         mm = tifffile.memmap(path, mode="r")  # plain, uncompressed, contiguous
         source = MemmapFile(path, mm.offset, mm.shape, mm.dtype)
         del mm
-        return LazyImage(da.from_array(source, chunks=_chunks_for(shape), lock=False))
+        return LazyImage(da.from_array(source, chunks=_read_chunks(shape, source.dtype), lock=False))
     except (ValueError, OSError):
         source = TiffTiles(path)  # compressed or tiled: decoded tile by tile
-        return LazyImage(da.from_array(source, chunks=source.chunks, lock=False))
+        return LazyImage(da.from_array(source, chunks=_read_chunks(shape, source.dtype, source.tile), lock=False))
 
 
-def _chunks_for(shape):
-    return tuple(min(n, 1024) for n in shape)
+READ_BYTES = 8 << 20  # a read of a TIFF: blocks copy what they read (2048² of uint16, 161³ of a volume)
+
+
+def _read_chunks(shape, dtype, tile=None):
+    """Regions read from a TIFF at once: about READ_BYTES, in whole tiles."""
+    from dask.array.core import normalize_chunks
+
+    return normalize_chunks("auto", shape, limit=READ_BYTES, dtype=dtype, previous_chunks=tile)
 
 
 def _open_ome(path, group, da) -> LazyImage:
@@ -457,6 +464,8 @@ def check_lazy_output(path) -> None:
     elif path.suffix.lower() not in (".tif", ".tiff"):
         raise UserInputError(f"{path}: the tile-by-tile path (a Zarr or large TIFF input or output, or a dask "
                              "option) writes .zarr or .tif")
+    elif path.is_dir():  # a folder of the user's named *.tif: --overwrite deleted it
+        raise UserInputError(f"{path} is a folder, not a TIFF; it would be replaced")
     if not path.resolve().parent.is_dir():
         raise UserInputError(f"cannot write {path}: output folder does not exist")
 
@@ -482,7 +491,8 @@ def store(outputs: dict, ome: dict | None = None, progress: bool = True, derived
     try:
         for path, arr in [*outputs.items(), *((p, t) for p, t, _ in derived)]:
             path = Path(path)
-            tmp = partial_name(path.resolve())
+            # Beside the name itself (a link's folder, not its target's): renamed into place, never across disks.
+            tmp = partial_name(path.parent.resolve() / path.name)
             temps.append(tmp)
             finals.append((tmp, path))
             targets[path] = _create_zarr(tmp, arr, ome.get(path)) if is_zarr(path) else _create_tiff(tmp, arr, path)
@@ -523,7 +533,6 @@ def _let_cluster_tasks_end() -> bool:
     (another client's too, on a shared cluster), hence the bound."""
     if "distributed" not in sys.modules:
         return False
-    import threading
     import time
 
     from distributed.client import default_client
@@ -548,12 +557,26 @@ def _let_cluster_tasks_end() -> bool:
     return True
 
 
+CONNECT_S = 10  # seconds to reach a dask scheduler or its workers; DLVISION_DASK_CONNECT_S changes it
+
+
+def connect_seconds() -> float:
+    import math
+
+    try:
+        s = float(os.environ.get("DLVISION_DASK_CONNECT_S", CONNECT_S))
+    except ValueError:
+        return CONNECT_S
+    return s if math.isfinite(s) and 0 < s <= 3600 else CONNECT_S
+
+
 def check_cluster_sees(paths) -> None:
     """Refuse in one line a dask cluster (this run's client) whose workers do
     not see these files. Workers write and read by file name: on a worker
     without the shared file system a Zarr output's chunks went to its own
     disk (the output here all zeros, exit 0) and an input store read as its
-    fill value."""
+    fill value. Workers that do not answer within the connection timeout are
+    refused too: Client.run has no timeout of its own."""
     if "distributed" not in sys.modules or not paths:
         return
     from distributed.client import default_client
@@ -562,8 +585,20 @@ def check_cluster_sees(paths) -> None:
         client = default_client()
     except ValueError:
         return
-    unseen = client.run(_missing, [str(Path(p).resolve()) for p in paths])
-    for worker, missing in sorted(unseen.items()):
+    answers = {}
+
+    def ask():
+        answers.update(client.run(_missing, [str(Path(p).resolve()) for p in paths], on_error="return"))
+
+    thread = threading.Thread(target=_quiet, args=(ask,), name="dask file check", daemon=True)
+    thread.start()
+    thread.join(connect_seconds())
+    if not answers:  # Client.run answers for all workers at once, or not at all
+        raise UserInputError(f"the dask workers did not answer within {connect_seconds():g} s "
+                             "(is one stopped or overloaded?)")
+    for worker, missing in sorted(answers.items()):
+        if not isinstance(missing, list):  # an error there
+            raise UserInputError(f"the dask worker {worker} could not look for the files ({type(missing).__name__})")
         if missing:
             raise UserInputError(f"the dask worker {worker} cannot see {final_name(missing[0])}: a cluster needs the "
                                  "image and the outputs on a file system that every worker shares")
@@ -635,26 +670,35 @@ class MemmapFile:
 
 class TiffTiles:
     """A compressed or tiled TIFF read by file name, a region at a time (the
-    tiles under it decoded); blocks are whole tiles, about CHUNK[2] a side."""
+    tiles under it decoded). Each thread keeps the file open: opening parses
+    every page's header (50 ms for 2000 pages). Sent to another process, it
+    goes as its name, and opens the file there."""
 
     def __init__(self, path):
         self.path = str(path)
-        with self._open() as arr:
-            self.shape, self.dtype, tile = tuple(arr.shape), np.dtype(arr.dtype), arr.chunks
+        self._local = threading.local()
+        arr = self._open()
+        self.shape, self.dtype, self.tile = tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks)
         self.ndim = len(self.shape)
-        self.chunks = tuple(max(t, CHUNK[2] // t * t) for t in tile)
 
-    @contextlib.contextmanager
     def _open(self):
-        import tifffile
+        arr = getattr(self._local, "array", None)
+        if arr is None:
+            import tifffile
 
-        with tifffile.imread(self.path, aszarr=True) as store:
-            arr = _zarr().open(store, mode="r")
-            yield arr if isinstance(arr, _zarr().Array) else arr["0"]
+            arr = _zarr().open(tifffile.imread(self.path, aszarr=True), mode="r")
+            arr = arr if isinstance(arr, _zarr().Array) else arr["0"]
+            self._local.array = arr
+        return arr
 
     def __getitem__(self, key):
-        with self._open() as arr:
-            return np.asarray(arr[key])
+        return np.asarray(self._open()[key])
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _local=threading.local())
 
 
 def _zarr_chunked(arr):
@@ -776,7 +820,9 @@ def _put_in_place(finals) -> None:
 
 def _remove(p: Path) -> None:
     with contextlib.suppress(OSError):
-        if p.is_dir():
+        if p.is_symlink():  # the link, never what it points to
+            p.unlink()
+        elif p.is_dir():
             shutil.rmtree(p)
         else:
             p.unlink()
