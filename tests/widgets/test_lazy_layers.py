@@ -33,8 +33,9 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
     s, clf = trained
     big = np.tile(s.image, (8, 8))  # 1280 x 1600: two blocks a side
     viewer = make_napari_viewer()
-    layer = viewer.add_image(da.from_array(big, chunks=512), name="slide")
-    strokes = viewer.add_labels(np.zeros(big.shape, np.uint8), name="strokes")
+    layer = viewer.add_image(da.from_array(big, chunks=512), name="slide", scale=(0.5, 0.5), translate=(10, 20),
+                             units="um")
+    strokes = viewer.add_labels(np.zeros(big.shape, np.uint8), name="strokes", scale=(0.5, 0.5), translate=(10, 20))
     w = PixelClassifierWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.model = clf
@@ -59,7 +60,13 @@ def test_a_dask_layer_is_predicted_block_by_block_and_saved(make_napari_viewer, 
 
     assert w.lazy.save(tmp_path / "seg.zarr") is not None
     wait_idle(qtbot, w)
-    np.testing.assert_array_equal(zarr.open(str(tmp_path / "seg.zarr"))[:], np.asarray(out.data))
+    # An OME-Zarr that lies where the image does: its pixel size, offset and units (they were lost).
+    saved = zarr.open_group(str(tmp_path / "seg.zarr"), mode="r")
+    np.testing.assert_array_equal(saved["0"][:], np.asarray(out.data))
+    ms = saved.attrs["ome"]["multiscales"][0]
+    assert [(a["name"], a.get("unit")) for a in ms["axes"]] == [("y", "micrometer"), ("x", "micrometer")]
+    assert ms["datasets"][0]["coordinateTransformations"] == [{"type": "scale", "scale": [0.5, 0.5]},
+                                                              {"type": "translation", "translation": [10.0, 20.0]}]
     assert "Saved seg.zarr" in w.panel.status.text()
     job = w.lazy.save(tmp_path / "seg.png")
     assert job is None and ".zarr or .tif" in w.last_error

@@ -220,11 +220,16 @@ class LazyPredictions:
         except UserInputError as e:
             return w.error(str(e))
 
+        from ..core.lazy import is_zarr
+
+        meta = layer_ome(image, arr.ndim) if is_zarr(path) else None  # the image's place and pixel size
+        ome = {path: meta} if meta is not None else None
+
         def job():
             from ..core.lazy import store
 
             yield Progress("saving", 0, 1, f"writing {path.name}…")
-            written = store({path: arr}, progress=False)
+            written = store({path: arr}, ome, progress=False)
             yield Progress("done", 1, 1, payload={"path": written[0]})
 
         def on_event(ev, job):
@@ -276,3 +281,25 @@ def _split_objects(seg, spec: dict):
         return narrow, n
     finally:
         wide.unlink(missing_ok=True)  # mapped pages stay valid until unmapped
+
+
+def layer_ome(image, ndim: int) -> dict | None:
+    """OME-Zarr metadata of a result shaped like `image`'s data (`ndim` axes):
+    the layer's axis names, units, pixel size and offset, so that the saved
+    store lies where the image does. None for a layer without any of them,
+    and for a colour image (OME-Zarr puts channels before space, the layer
+    keeps them last)."""
+    if getattr(image, "rgb", False) or ndim != image.ndim:
+        return None
+    labels = [str(a) for a in getattr(image, "axis_labels", ())] or [str(i - ndim) for i in range(ndim)]
+    units = [str(u) for u in getattr(image, "units", ())] or ["pixel"] * ndim
+    default_labels = all(a.lstrip("-").isdigit() for a in labels)  # napari's (-2, -1)
+    if default_labels and set(units) == {"pixel"} and not np.any(image.translate) and np.all(image.scale == 1):
+        return None  # nothing to keep: a plain Zarr array, as before
+    if default_labels:
+        labels = (["t", "z", "y", "x"] if ndim <= 4 else [f"dim_{i}" for i in range(ndim)])[-ndim:]
+    axes = [{"name": n, "type": "time" if n == "t" else "space", **({"unit": u} if u != "pixel" else {})}
+            for n, u in zip(labels, units)]
+    return {"axes": axes, "scale": [float(v) for v in image.scale],
+            "translation": [float(v) for v in image.translate] if any(image.translate) else None,
+            "zarr_format": 3, "version": "0.5"}
