@@ -165,17 +165,17 @@ def open_lazy(path) -> LazyImage:
         mm = tifffile.memmap(path, mode="r")  # plain, uncompressed, contiguous
         source = MemmapFile(path, mm.offset, mm.shape, mm.dtype)
         del mm
-        return LazyImage(da.from_array(source, chunks=_read_chunks(shape, source.dtype), lock=False))
+        return LazyImage(da.from_array(source, chunks=read_chunks(shape, source.dtype), lock=False))
     except (ValueError, OSError):
         source = TiffTiles(path)  # compressed or tiled: decoded tile by tile
-        return LazyImage(da.from_array(source, chunks=_read_chunks(shape, source.dtype, source.tile), lock=False))
+        return LazyImage(da.from_array(source, chunks=read_chunks(shape, source.dtype, source.tile), lock=False))
 
 
-READ_BYTES = 8 << 20  # a read of a TIFF: blocks copy what they read (2048² of uint16, 161³ of a volume)
+READ_BYTES = 8 << 20  # a read from disk: blocks copy what they read (2048² of uint16, 161³ of a volume)
 
 
-def _read_chunks(shape, dtype, tile=None):
-    """Regions read from a TIFF at once: about READ_BYTES, in whole tiles."""
+def read_chunks(shape, dtype, tile=None):
+    """Regions of an array on disk read at once: about READ_BYTES, in whole tiles."""
     from dask.array.core import normalize_chunks
 
     return normalize_chunks("auto", shape, limit=READ_BYTES, dtype=dtype, previous_chunks=tile)
@@ -531,15 +531,10 @@ def _let_cluster_tasks_end() -> bool:
     The workers are asked, not the scheduler, which forgets cancelled tasks
     at once while their threads still run them; every running task counts
     (another client's too, on a shared cluster), hence the bound."""
-    if "distributed" not in sys.modules:
-        return False
     import time
 
-    from distributed.client import default_client
-
-    try:
-        client = default_client()  # this run's, never one made from the configuration here
-    except ValueError:
+    client = _this_runs_client()
+    if client is None:
         return False
 
     def drain():
@@ -547,14 +542,34 @@ def _let_cluster_tasks_end() -> bool:
         while time.monotonic() < deadline and any(client.run(_running_tasks).values()):
             time.sleep(0.2)
 
-    # In a daemon thread: a worker that stopped answering cannot hold the exit past the bound.
-    thread = threading.Thread(target=_quiet, args=(drain,), name="dask drain", daemon=True)
-    thread.start()
     try:
-        thread.join(CLUSTER_DRAIN_S + 2)
+        _bounded(drain, CLUSTER_DRAIN_S + 2)
     except BaseException:  # noqa: BLE001 - a second Ctrl-C: stop waiting
         pass
     return True
+
+
+def _this_runs_client():
+    """The dask.distributed client this run made (--dask-address), or None:
+    never one made from the configuration here."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed.client import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _bounded(fn, seconds: float) -> None:
+    """Run fn (which asks a cluster's workers) for at most `seconds`, in a
+    daemon thread: Client.run has no timeout, and a worker that stopped
+    answering must not hold this process past the bound. Its errors are
+    dropped (a lost scheduler or worker: nothing more to ask)."""
+    thread = threading.Thread(target=_quiet, args=(fn,), name="dask workers asked", daemon=True)
+    thread.start()
+    thread.join(seconds)
 
 
 CONNECT_S = 10  # seconds to reach a dask scheduler or its workers; DLVISION_DASK_CONNECT_S changes it
@@ -577,22 +592,15 @@ def check_cluster_sees(paths) -> None:
     disk (the output here all zeros, exit 0) and an input store read as its
     fill value. Workers that do not answer within the connection timeout are
     refused too: Client.run has no timeout of its own."""
-    if "distributed" not in sys.modules or not paths:
-        return
-    from distributed.client import default_client
-
-    try:
-        client = default_client()
-    except ValueError:
+    client = _this_runs_client() if paths else None
+    if client is None:
         return
     answers = {}
 
     def ask():
         answers.update(client.run(_missing, [str(Path(p).resolve()) for p in paths], on_error="return"))
 
-    thread = threading.Thread(target=_quiet, args=(ask,), name="dask file check", daemon=True)
-    thread.start()
-    thread.join(connect_seconds())
+    _bounded(ask, connect_seconds())
     if not answers:  # Client.run answers for all workers at once, or not at all
         raise UserInputError(f"the dask workers did not answer within {connect_seconds():g} s "
                              "(is one stopped or overloaded?)")

@@ -51,9 +51,10 @@ def as_dask(data, rgb: bool):
 
 
 def _chunks(data):
-    own = getattr(data, "chunks", None)  # a Zarr array's own chunks, else blocks of 1024
-    return own if isinstance(own, tuple) and len(own) == len(data.shape) else \
-        tuple(min(n, 1024) for n in data.shape)
+    from ..core.lazy import read_chunks
+
+    own = getattr(data, "chunks", None)  # a Zarr array's own chunks, else reads of about 8 MB
+    return own if isinstance(own, tuple) and len(own) == len(data.shape) else read_chunks(data.shape, data.dtype)
 
 
 class LazyPredictions:
@@ -156,7 +157,7 @@ class LazyPredictions:
             # Saved as the layer shows it (and the CLI writes it): a denoised grey image
             # without the network's channel axis, a colour one with its channels last.
             arr = self._displayed(payload["array"], c["what"], c["image"])
-            self.result = (c["image"], da.from_array(arr, chunks=tuple(min(n, 1024) for n in arr.shape)))
+            self.result = (c["image"], da.from_array(arr, chunks=_chunks(arr)))
             self.save_btn.setEnabled(True)
             objects = f", {c['objects']} objects" if "objects" in c else ""
             saved = "denoised image" if c["what"] == "denoised" else "segmentation"
