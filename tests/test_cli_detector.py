@@ -132,3 +132,21 @@ def test_a_zarr_image_is_detected_tile_by_tile_with_the_in_memory_boxes(files, t
     r = dlvision("predict", *args, "--image", tmp_path / "big.zarr", "--out", tmp_path / "x.zarr")
     assert r.returncode == 1 and ".csv" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif", "big.zarr", "lazy.csv", "mem.csv"]
+
+
+def test_a_forest_detector_trains_predicts_evaluates_and_is_not_exported(files, tmp_path):
+    r = dlvision("train", "detector", "--arch", "forest", "--image", files / "a.tif", "--boxes", files / "a.csv",
+                 "--out", tmp_path / "f.dlv")
+    assert r.returncode == 0, r.stderr
+    assert "training a forest detector (1 class: nucleus)" in r.stdout and "forest detector trained in" in r.stdout
+    r = dlvision("predict", "--model", tmp_path / "f.dlv", "--image", files / "b.tif", "--out", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    found = BoxTable.read_csv(tmp_path / "p.csv")
+    assert len(found) > 3 and found.class_names == ["nucleus"] and np.all(found.scores >= 0.3)
+    r = dlvision("evaluate", "--model", tmp_path / "f.dlv", "--image", files / "b.tif", "--boxes", files / "b.csv")
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.split()[1]) > 0.5  # mAP@0.5
+    r = dlvision("export", "--model", tmp_path / "f.dlv", "--format", "onnx", "--out", tmp_path / "f.onnx")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "dlvision: error: a forest detector is a random forest, not a network: export is for torch models"]
+    assert not (tmp_path / "f.onnx").exists()

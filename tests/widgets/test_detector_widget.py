@@ -222,3 +222,22 @@ def test_docking_the_detector_does_not_import_torch():
             "v.close()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_forest_detector_trains_in_one_go_and_loads_back(qtbot, drawn, tmp_path):
+    w, boxes, truth = drawn
+    viewer = w.viewer
+    w.settings_form.set_value("arch", "forest")
+    qtbot.mouseClick(w.train_btn, Qt.MouseButton.LeftButton)
+    wait_idle(qtbot, w, TIMEOUT_MS)
+    assert w.last_error is None, w.last_error
+    status = w.status.text()
+    assert status.startswith("Forest trained in") and "kept a forest of 50 trees" in status, status
+    assert "Predicted cells" in status and "steps" not in status
+    out = viewer.layers["cells detections"]
+    assert out.nshapes > len(truth) // 2 and set(out.features["class"]) == {"object"}
+    assert viewer.layers.selection.active is boxes and len(boxes.data) == len(truth)
+    path = w.save_model(tmp_path / "forest.dlv")
+    other = _dock(viewer)
+    assert other.load_model(path) is not None and other.last_error is None
+    assert other.settings_form.values()["arch"] == "forest" and "forest detector" in other.status.text()

@@ -349,6 +349,12 @@ class PixelClassifier(PixelModel):
     def load(cls, path, device: str = "auto") -> PixelClassifier:
         """Read a model file (`device` is for parity with the networks: forests run on the CPU)."""
         meta, arrays, _ = modelfile.load(path, kinds=(KIND,))
+        return cls.from_metadata(meta, arrays, path)
+
+    @classmethod
+    def from_metadata(cls, meta: dict, arrays: dict, path) -> PixelClassifier:
+        """The classifier that `metadata()` and the ensemble's arrays describe, every field checked
+        (a model file's, or the forest inside a detector's file); ModelFileError names `path`."""
         field = modelfile.field
         try:
             features = field(meta, "features", list)

@@ -9,12 +9,15 @@ whose boxes move with the augmentation (dl/box_sampler.py), the
 architecture's loss, validation mAP (pycocotools) and previews of the
 first image's boxes. `dl.loop.fit` does the rest: optimiser, schedule,
 EMA, out-of-memory, time limit, Stop, and which weights are kept. Calling
-it again on the same detector continues from its weights.
+it again on the same detector continues from its weights. The "forest"
+detector has no network: `train_forest` fits it in one go instead (and
+fits it anew on Continue, on all the boxes).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,10 +26,12 @@ import torch
 from ..core.box_metrics import evaluate_boxes
 from ..core.boxes import BoxTable, clip_to_image
 from ..core.errors import UserInputError
+from ..core.events import Progress
 from ..core.planes import Planes
 from . import centernet
 from .box_sampler import BORDER_FRACTION, BoxAugmentation, BoxPatchSampler
 from .detector import Detector, select
+from .detector_archs import FOREST
 from .devices import pick_device
 from .distributed import data_seed
 from .loop import FitSettings, KindSettings, fit
@@ -84,8 +89,11 @@ class DetectSettings(KindSettings):
 
 
 # -- data -----------------------------------------------------------------------------
-def training_planes(detector: Detector, images, tables, channel_axis=None, empty_planes: str = "skip"):
+def training_planes(detector: Detector, images, tables, channel_axis=None, empty_planes: str = "skip",
+                    normalised: bool = True):
     """(normalised planes, [(boxes, classes)], class names, notices) from images and their BoxTables.
+
+    normalised=False: the planes' own values (C, H, W), which the forest learns.
 
     Boxes are clipped to their image (or dropped, with a notice); stacks give
     one training image per plane. Class names are the detector's first, then
@@ -123,7 +131,7 @@ def training_planes(detector: Detector, images, tables, channel_axis=None, empty
                 skipped += 1
                 continue
             n_planes += 1
-            planes_out.append(planes.plane_normalised(detector.normalisation, p))
+            planes_out.append(planes.plane_normalised(detector.normalisation, p) if normalised else planes.read(p))
             targets.append((sub.boxes, sub.classes))
     if skipped:
         notes.append(f"{skipped} plane{'s' if skipped > 1 else ''} without boxes skipped (taken as not annotated; "
@@ -195,8 +203,12 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
     settings = settings or DetectSettings()
     settings.check()
     planes, targets, names, n_channels, notes = training_planes(
-        detector, images, boxes, channel_axis, settings.empty_planes)
+        detector, images, boxes, channel_axis, settings.empty_planes, normalised=detector.arch != FOREST)
     val = prepare_validation(detector, validation, channel_axis)
+    if detector.arch == FOREST:
+        yield from train_forest(detector, images, planes, targets, names, n_channels, notes, settings, val,
+                                channel_axis)
+        return
     device = pick_device(settings.device)
     rng = np.random.default_rng(data_seed(settings.seed))  # each torchrun rank its own patches
     torch.manual_seed(settings.seed)
@@ -231,14 +243,7 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
             return sum(model(x, tgts).values())
 
     def validate(model):
-        scores = []
-        for image, truth, n_planes in val:
-            cands = detector.candidates(image, channel_axis, device=device, net=model)
-            # mAP ranks every candidate; precision and recall count those above the threshold.
-            scores.append(evaluate_boxes(select(cands, 0.0, detector.nms_iou), truth, detector.score_threshold,
-                                         n_planes))
-        return {"validation mAP@0.5": float(np.nanmean([s["mAP@0.5"] for s in scores])),
-                "validation mAP@0.5:0.95": float(np.nanmean([s["mAP@0.5:0.95"] for s in scores]))}
+        return validation_scores(detector, val, channel_axis, device=device, net=model)
 
     preview_image = images[0] if isinstance(images, (list, tuple)) else images
 
@@ -266,3 +271,69 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
     yield from fit(net, batches, loss_fn, settings.fit_settings(batch, lr), validate=validate if val else None,
                    preview=preview, start_message=start, on_end=on_end,
                    preview_weights=False)  # no preview history for boxes: no copy of big backbones
+
+
+def validation_scores(detector: Detector, val, channel_axis=None, **kw) -> dict[str, float]:
+    """Mean validation mAP@0.5 and mAP@0.5:0.95 (kw: the network being trained, its device)."""
+    scores = []
+    for image, truth, n_planes in val:
+        cands = detector.candidates(image, channel_axis, **kw)
+        # mAP ranks every candidate; precision and recall count those above the threshold.
+        scores.append(evaluate_boxes(select(cands, 0.0, detector.nms_iou), truth, detector.score_threshold, n_planes))
+    return {"validation mAP@0.5": float(np.nanmean([s["mAP@0.5"] for s in scores])),
+            "validation mAP@0.5:0.95": float(np.nanmean([s["mAP@0.5:0.95"] for s in scores]))}
+
+
+def train_forest(detector: Detector, images, planes, targets, names, n_channels, notes, settings, val,
+                 channel_axis=None):
+    """Fit the forest detector (core/box_regions.py): strokes from the boxes, the pixel random forest,
+    then the split of touching objects that best finds the training boxes. Progress events as
+    train_detector's; the detector changes only at the end, so a Stop keeps the last one whole."""
+    from ..core.box_regions import boxes_of_objects, check_background, choose_settings, strokes_from_boxes, table_of
+    from ..core.pixel_classifier import PixelClassifier
+
+    t0 = time.perf_counter()
+    k, n_boxes = len(names), int(sum(len(b) for b, _ in targets))
+    start = (f"training a forest detector ({k} class{'es' if k > 1 else ''}: {', '.join(names)}) on {n_boxes} "
+             f"boxes in {len(planes)} image{'s' if len(planes) > 1 else ''}; steps and patches do not apply")
+    yield Progress("start", 0, 3, "; ".join(notes + [start]), seconds=0.0)
+    rng = np.random.default_rng(settings.seed)
+    labels = [strokes_from_boxes(p.shape[1:], b, c, rng) for p, (b, c) in zip(planes, targets)]
+    check_background(labels)
+    forest = PixelClassifier(class_names=["outside the boxes"] + list(names))
+    forest.fit(list(planes), labels, channel_axis=0)
+    yield Progress("training", 1, 3, "choosing where objects end and how touching ones are split…",
+                   seconds=time.perf_counter() - t0)
+    probs = [forest.predict_proba(p, channel_axis=0) for p in planes]
+    truth = BoxTable(np.concatenate([b for b, _ in targets]), np.concatenate([c for _, c in targets]), list(names),
+                     index=np.concatenate([np.full(len(b), i) for i, (b, _) in enumerate(targets)]))
+
+    def evaluate(found):
+        scores = evaluate_boxes(table_of(found, names, True), truth, detector.score_threshold, len(planes))
+        return scores["mAP@0.5"], scores["mAP@0.5:0.95"]
+
+    chosen = choose_settings(probs, evaluate)
+    training_map = evaluate([boxes_of_objects(p, **chosen) for p in probs])
+    del probs
+    how = f"background below {chosen['level']}, split depth {chosen['split']}"
+    yield Progress("training", 2, 3, f"{how}; checking…", seconds=time.perf_counter() - t0)
+    sides = np.concatenate([b[:, 2:] - b[:, :2] for b, _ in targets])
+    detector.net, detector.n_channels, detector.class_names = forest, int(n_channels), list(names)
+    detector.config = {**chosen, "largest_object": round(float(sides.max()), 1)}
+    metrics = {"training mAP@0.5": round(training_map[0], 5), "training mAP@0.5:0.95": round(training_map[1], 5)}
+    if val:
+        metrics.update({name: round(v, 5) for name, v in validation_scores(detector, val, channel_axis).items()})
+    seconds = round(time.perf_counter() - t0, 2)
+    pixels = forest.training["pixels_per_class"]
+    kept = f"a forest of {forest.n_trees} trees ({how})"
+    report = {"steps": 0, "seconds": seconds, "stopped": "finished", "kept": kept, "best_step": None,
+              "device": detector.describe_device(), "smoothed_loss": None, "metrics": metrics,
+              "pixels_per_class": pixels}
+    detector.training = {**report, "settings": settings.to_json(), "boxes": n_boxes, "planes": len(planes),
+                         "notes": notes}
+    detector.metrics = dict(metrics)
+    preview_image = images[0] if isinstance(images, (list, tuple)) else images
+    preview = detector.candidates(preview_image, channel_axis)
+    message = (f"forest detector trained in {seconds:.1f} s on {sum(pixels.values())} pixels of {n_boxes} boxes "
+               f"({how}; training mAP@0.5 {training_map[0]:.3f})")
+    yield Progress("done", 3, 3, message, None, None, metrics, seconds, {"report": report, "preview": preview})

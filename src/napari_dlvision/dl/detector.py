@@ -5,8 +5,10 @@
     det.save("nuclei.dlv"); det = Detector.load("nuclei.dlv")
 
 Architectures: "centernet" (the project's U-Net predicting centres and box
-edges, dl/centernet.py) and torchvision's FCOS and Faster R-CNN
-(dl/tv_detectors.py). Prediction runs tile by tile on each plane: the
+edges, dl/centernet.py), torchvision's FCOS and Faster R-CNN
+(dl/tv_detectors.py), and "forest", no network at all: the pixel random
+forest taught which pixels lie inside and outside the boxes, with a box
+around each object it finds (core/box_regions.py; trained in seconds). Prediction runs tile by tile on each plane: the
 U-Net's tiles carry its exact halo and keep the peaks of their core, the
 torchvision detectors' tiles overlap by more than the largest training
 object and keep the boxes centred in their core; non-maximum suppression
@@ -34,7 +36,7 @@ from ..core.tiling import grid, grow
 from . import centernet
 from .devices import describe, empty_cache, is_out_of_memory, pick_device
 from .tiled import plan_tiles
-from .detector_archs import ARCHS, DEFAULT_ARCH
+from .detector_archs import ARCHS, DEFAULT_ARCH, FOREST
 from .tv_detectors import TorchvisionDetector
 
 KIND = "object-detector"
@@ -188,6 +190,9 @@ class Detector:
         """
         planes = Planes(image, channel_axis)
         self.check_channels(planes.n_channels)
+        if self.arch == FOREST:
+            yield from self._iter_forest(planes, self.net if net is None else net)
+            return
         device = pick_device(self.device if device is None else device)
         net = (self.net if net is None else net).to(device)
         was_training = net.training
@@ -240,6 +245,19 @@ class Detector:
                          (np.concatenate(all_i) if all_i else np.zeros(0, np.int64))[ok] if planes.stack else None)
         yield Progress("done", total, total, payload={"candidates": cands})
 
+    def _iter_forest(self, planes: Planes, forest):
+        """iter_predict of the forest detector: a plane's probabilities, then a box per object."""
+        from ..core.box_regions import boxes_of_objects, table_of
+
+        found = []
+        for p in range(planes.n_planes):
+            prob = forest.predict_proba(planes.read(p), channel_axis=0)  # the forest learnt the image's own values
+            found.append(boxes_of_objects(prob, self.config["split"], self.config["level"]))
+            del prob
+            yield Progress("predicting", p + 1, planes.n_planes)
+        yield Progress("done", planes.n_planes, planes.n_planes,
+                       payload={"candidates": table_of(found, self.class_names, planes.stack)})
+
     def candidates(self, image, channel_axis=None, on_progress=None, **kw) -> BoxTable:
         """Candidates of `image`; `on_progress(done, total)` after each tile, if given."""
         last = None
@@ -264,7 +282,8 @@ class Detector:
 
     # -- model file -----------------------------------------------------------------------
     def metadata(self) -> dict:
-        arch = self.net.architecture()
+        arch = {"name": FOREST, "pixel_classifier": self.net.metadata()} if self.arch == FOREST \
+            else self.net.architecture()
         return {
             "kind": KIND, "arch": self.arch, "classes": list(range(1, self.n_classes + 1)),
             "class_names": self.class_names, "n_channels": self.n_channels, "ndim": 2,
@@ -276,13 +295,17 @@ class Detector:
     def save(self, path) -> Path:
         from .weights import save_model_with_weights
 
+        if self.arch == FOREST:
+            if self.net is None:
+                raise UserInputError("train the detector before saving it")
+            return modelfile.save(path, self.metadata(), self.net.ensemble.arrays)
         return save_model_with_weights(path, self, "detector")
 
     @classmethod
     def load(cls, path, device: str = "auto") -> Detector:
         from .weights import load_weights_into
 
-        meta, _, extra = modelfile.load(path, kinds=(KIND,))
+        meta, arrays, extra = modelfile.load(path, kinds=(KIND,))
         field = modelfile.field
         with modelfile.refused_if_damaged(path, "detector model"):
             arch = field(meta, "arch", str, choices=ARCHS)
@@ -297,6 +320,9 @@ class Detector:
                        nms_iou=field(meta, "nms_iou", float, lo=0, hi=1))
             if not 1 <= n_classes <= MAX_CLASSES:
                 raise ValueError(f"{n_classes} classes")
+            if arch == FOREST:
+                self._load_forest(meta, arrays, path, n_channels, n_classes)
+                return self
             if arch == "centernet":
                 from .unet import UNet
 
@@ -325,5 +351,24 @@ class Detector:
         load_weights_into(self.net, extra, path, "detector model")
         return self
 
+    def _load_forest(self, meta, arrays, path, n_channels: int, n_classes: int):
+        """The forest detector's part of load: its pixel classifier checked like a pixel model file's."""
+        from ..core.box_regions import LEVELS, SPLITS
+        from ..core.pixel_classifier import PixelClassifier
+
+        field = modelfile.field
+        forest = PixelClassifier.from_metadata(field(meta, "architecture.pixel_classifier", dict), arrays, path)
+        if forest.n_channels != n_channels or forest.ndim != 2 or not 2 <= forest.n_classes <= n_classes + 1:
+            raise ValueError("the forest does not match the detector's channels or classes")
+        self.net, self.n_channels = forest, n_channels
+        self.config = {"split": field(meta, "config.split", float, choices=SPLITS),
+                       "level": field(meta, "config.level", float, choices=LEVELS),
+                       "largest_object": field(meta, "config.largest_object", float, gt=0, hi=1e5)}
+        self.class_names = class_names_for(self.class_names, n_classes)
+        self.training = field(meta, "training", dict, optional=True, default={})
+        self.metrics = field(meta, "metrics", dict, optional=True, default={})
+
     def describe_device(self) -> str:
+        if self.arch == FOREST:
+            return "CPU (random forest)"
         return describe(pick_device(self.device))

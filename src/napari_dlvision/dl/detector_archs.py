@@ -1,9 +1,10 @@
 """Names of the detector architectures, importable without torch (the CLI's choices, the widget's list).
 
-dl/detector.py and dl/tv_detectors.py build them; a test keeps the lists equal.
+dl/detector.py, dl/tv_detectors.py and core/box_regions.py build them; a test keeps the lists equal.
 """
 
 TORCHVISION_ARCHS = ("fcos-mobilenet", "fasterrcnn-mobilenet", "fcos-resnet50", "fasterrcnn-resnet50")
-ARCHS = ("centernet",) + TORCHVISION_ARCHS
+FOREST = "forest"  # no network: a pixel random forest taught by the boxes (core/box_regions.py)
+ARCHS = ("centernet", FOREST) + TORCHVISION_ARCHS
 DEFAULT_ARCH = "centernet"
 PRETRAINED = ("none", "cache", "download")

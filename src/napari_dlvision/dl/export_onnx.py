@@ -30,6 +30,7 @@ import torch
 
 from ..core.errors import UserInputError
 from ..core.io import atomic_output
+from .detector_archs import FOREST
 
 TOLERANCE = 1e-4  # largest |onnxruntime - torch| accepted, in the network's output units
 METADATA_KEY = "napari_dlvision"
@@ -39,6 +40,8 @@ def input_spec(model) -> tuple[tuple[int, ...], bool, int]:
     """(example input shape, spatial axes dynamic?, spatial multiple) of this model's network."""
     if model.net is None:
         raise UserInputError("the model has no trained network to export")
+    if getattr(model, "arch", None) == FOREST:
+        raise UserInputError("a forest detector is a random forest, not a network: export is for torch models")
     kind = model.metadata()["kind"]
     if kind == "image-classifier":
         return (2, model.n_channels, *model.size), False, 1

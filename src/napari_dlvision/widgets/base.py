@@ -213,6 +213,8 @@ class ModelWidget(QWidget):
     @staticmethod
     def training_note(training: dict) -> str:
         """ "Training <how it ended> after N steps (E epochs) in S s; kept <which weights>. " """
+        if "pixels_per_class" in training:  # a forest detector: fitted in one go, no steps
+            return f"Forest trained in {training.get('seconds')} s; kept {training.get('kept')}. "
         how = {"time limit": "reached its time limit", "error": "ended"}.get(
             training.get("stopped"), training.get("stopped", "ended"))
         epochs = f" ({n_epochs(training['epochs'])})" if isinstance(training.get("epochs"), (int, float)) else ""

@@ -1,0 +1,140 @@
+"""Boxes to pixel labels and objects back to boxes: the "forest" detector's two halves.
+
+A box says where an object is, not which of its pixels belong to it. Two
+kinds of pixels are nevertheless certain enough to learn from: those outside
+every box (grown by a pixel) are background, and the central part of a box
+(an ellipse of half its height and width, at least its centre pixel) is its
+object. `strokes_from_boxes` paints those two kinds as strokes, and the
+pixel classifier (the Pixel classifier dock's filter bank and random
+forest) learns every pixel from them. `boxes_of_objects` splits its
+foreground into objects the way the pixel classifier's instances are split
+(core.instances) and gives each object the box around it, scored by its
+mean probability. Where an object's edge lies and how deep touching objects
+are split are chosen on the training boxes (`choose_settings`).
+
+Objects of any size are found, down to one pixel, where a network trained
+on a few boxes misses sizes it did not see; and training takes seconds.
+It needs background around the objects: where every pixel lies in some box
+(densely packed cells) there is nothing to learn background from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .boxes import BoxTable
+from .errors import UserInputError
+
+CORE = 0.5  # the central part of a box taken as its object: half its height and width
+BACKGROUND_PER_OBJECT_PIXEL = 16  # background pixels kept per object pixel (the rest unlabelled)
+MIN_BACKGROUND = 20_000
+SPLITS = (0.25, 0.5, 1.0, 1.5, 2.5)  # depths tried for splitting touching objects (core.instances' h)
+DEFAULT_SPLIT = 1.5  # the pixel classifier's own
+LEVELS = (0.3, 0.5, 0.7, 0.85)  # a pixel is object where its probability of background is below the level
+DEFAULT_LEVEL = 0.5
+
+
+def strokes_from_boxes(shape, boxes: np.ndarray, classes: np.ndarray, rng=None) -> np.ndarray:
+    """Labels (0 unlabelled, 1 background, 1 + c for class c) of a plane of `shape` with these boxes.
+
+    boxes: (N, 4) y0, x0, y1, x1 in pixel edges (y1, x1 exclusive). Background
+    is sampled (at most BACKGROUND_PER_OBJECT_PIXEL per object pixel) so that
+    a few boxes on a large image train in seconds, not on millions of pixels.
+    """
+    from scipy import ndimage as ndi
+
+    h, w = shape
+    labels = np.zeros(shape, np.uint8)
+    inside = np.zeros(shape, bool)
+    cores = []
+    for b, c in zip(np.asarray(boxes, float).reshape(-1, 4), classes):
+        y0, x0 = max(int(np.floor(b[0])), 0), max(int(np.floor(b[1])), 0)
+        y1, x1 = min(int(np.ceil(b[2])), h), min(int(np.ceil(b[3])), w)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        inside[y0:y1, x0:x1] = True
+        cy, cx = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        ry, rx = max((b[2] - b[0]) / 2 * CORE, 0.5), max((b[3] - b[1]) / 2 * CORE, 0.5)
+        yy = (np.arange(y0, y1) + 0.5 - cy)[:, None] / ry
+        xx = (np.arange(x0, x1) + 0.5 - cx)[None, :] / rx
+        core = yy**2 + xx**2 <= 1
+        if not core.any():  # a box of a pixel or two: its centre pixel
+            core[min(int(cy) - y0, y1 - y0 - 1), min(int(cx) - x0, x1 - x0 - 1)] = True
+        cores.append((slice(y0, y1), slice(x0, x1), core, 1 + int(c)))
+    background = ~ndi.binary_dilation(inside, iterations=1)
+    n_object = sum(int(core.sum()) for _, _, core, _ in cores)
+    ys, xs = np.nonzero(background)
+    cap = int(max(BACKGROUND_PER_OBJECT_PIXEL * n_object, MIN_BACKGROUND))
+    if len(ys) > cap:
+        pick = (rng or np.random.default_rng(0)).choice(len(ys), cap, replace=False)
+        ys, xs = ys[pick], xs[pick]
+    labels[ys, xs] = 1
+    cores.sort(key=lambda part: -part[2].size)  # smaller boxes last: they keep their core where boxes overlap
+    for rows, cols, core, label in cores:
+        labels[rows, cols][core] = label
+    return labels
+
+
+def check_background(labels: list[np.ndarray]):
+    if not any((lab == 1).any() for lab in labels):
+        raise UserInputError("every pixel lies inside a box, so the forest detector has no background to learn "
+                             "from; choose centernet for densely packed objects")
+
+
+def boxes_of_objects(prob: np.ndarray, split: float = DEFAULT_SPLIT, level: float = DEFAULT_LEVEL):
+    """(boxes (n, 4), scores (n,), classes (n,) 1..K) of the objects in a plane's probabilities.
+
+    prob: (K + 1, H, W), background first (the pixel classifier's output on
+    strokes_from_boxes labels). A pixel is object where its probability of
+    background is below `level`; touching objects are split at depth `split`; each
+    object takes the class of most probability over its pixels and the box
+    around it; its score is its pixels' mean probability of not being background.
+    """
+    from scipy import ndimage as ndi
+
+    from .instances import instances_from_mask
+
+    objects = 1.0 - prob[0]
+    mask = prob[0] < level
+    inst = instances_from_mask(mask, h=split, min_size=1)
+    n = int(inst.max())
+    if n == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    index = np.arange(1, n + 1)
+    scores = np.asarray(ndi.mean(objects, inst, index), np.float32)
+    sums = np.stack([ndi.sum(p, inst, index) for p in prob[1:]])
+    classes = (np.argmax(sums, axis=0) + 1).astype(np.int64)
+    boxes = np.zeros((n, 4), np.float32)
+    for i, sl in enumerate(ndi.find_objects(inst)):
+        if sl is not None:
+            boxes[i] = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
+    return boxes, scores, classes
+
+
+def choose_settings(probs: list[np.ndarray], evaluate) -> dict:
+    """The level, then the split depth, whose boxes score best against the training boxes.
+
+    The ring of a box around its central part is never labelled, so where
+    the forest puts an object's edge is calibrated here, as a person would
+    tune it by eye. probs: each training plane's probabilities;
+    evaluate(each plane's boxes_of_objects) -> (mAP@0.5, mAP@0.5:0.95)
+    against the training boxes. mAP@0.5 decides, and ties go to the value
+    nearest the default: ranking ties by mAP@0.5:0.95 chose, on blobs,
+    edges that fitted the training half and missed the other's specks.
+    """
+    def best(values, default, settings):
+        scored = []
+        for v in values:
+            m50, _ = evaluate([boxes_of_objects(p, **settings(v)) for p in probs])
+            scored.append((round(m50, 3), -abs(v - default), v))
+        return max(scored)[-1]
+
+    level = best(LEVELS, DEFAULT_LEVEL, lambda v: {"level": v})
+    return {"level": level, "split": best(SPLITS, DEFAULT_SPLIT, lambda v: {"level": level, "split": v})}
+
+
+def table_of(found, class_names, stack: bool) -> BoxTable:
+    """A BoxTable of each plane's (boxes, scores, classes), with plane indices if `stack`."""
+    return BoxTable(np.concatenate([f[0] for f in found]), np.concatenate([f[2] for f in found]), list(class_names),
+                    np.concatenate([f[1] for f in found]),
+                    np.concatenate([np.full(len(f[1]), i) for i, f in enumerate(found)]) if stack else None)
