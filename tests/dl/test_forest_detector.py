@@ -10,7 +10,7 @@ from napari_dlvision.core.box_metrics import evaluate_boxes
 from napari_dlvision.core.boxes import BoxTable, boxes_from_labels
 from napari_dlvision.core.errors import ModelFileError, UserInputError
 from napari_dlvision.dl.detect_train import DetectSettings, train_detector
-from napari_dlvision.dl.detector import Detector, select
+from napari_dlvision.dl.detector import Detector
 
 
 def blobs(seed, shape=(128, 128)):
