@@ -16,15 +16,19 @@ def test_strokes_are_background_outside_the_boxes_and_object_in_their_centres():
     inside = np.zeros(lab.shape, bool)
     for y0, x0, y1, x1 in boxes.astype(int):
         inside[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = True
-    assert np.all(lab[~inside] == 1)  # this small plane keeps every background pixel
+    annotated = np.zeros(lab.shape, bool)
+    annotated[10:52, 5:61] = True  # the boxes' bounding rectangle
+    assert np.all(lab[~inside & annotated] == 1)  # this small plane keeps every background pixel there
+    assert np.all(lab[~annotated] == 0)  # beyond it objects may just not be boxed yet: not background
     # The central ellipse: half the box's height and width.
     assert lab[20, 25] == 2 and lab[14, 25] == 0 and lab[20, 31] == 2 and lab[20, 34] == 0
 
 
 def test_background_is_sampled_on_a_large_plane_and_needed_at_all():
-    boxes = np.array([[100, 100, 110, 110]], float)
-    lab = R.strokes_from_boxes((1000, 1000), boxes, np.array([1]), np.random.default_rng(0))
+    boxes = np.array([[100, 100, 110, 110], [880, 880, 890, 890]], float)
+    lab = R.strokes_from_boxes((1000, 1000), boxes, np.array([1, 1]), np.random.default_rng(0))
     assert (lab == 1).sum() == R.MIN_BACKGROUND and (lab == 2).sum() > 0
+    assert not lab[:100].any() and not lab[:, 890:].any()
     covering = R.strokes_from_boxes((20, 20), np.array([[0, 0, 12, 20], [10, 0, 20, 20]], float), np.array([1, 1]))
     with pytest.raises(UserInputError, match="no background to learn from; choose centernet"):
         R.check_background([covering])

@@ -56,7 +56,7 @@ def test_trained_in_one_go_it_finds_the_objects_of_another_image(trained):
     assert "steps and patches do not apply" in events[0].message
     report = events[-1].payload["report"]
     assert report["kept"].startswith("a forest of 50 trees") and det.training["boxes"] == 14
-    assert isinstance(events[-1].payload["preview"], BoxTable) and det.metrics["training mAP@0.5"] > 0.9
+    assert isinstance(events[-1].payload["preview"], BoxTable) and det.metrics["training mAP@0.5"] > 0.8
     image, labels, classes = blobs(2)
     truth = table(labels, classes)
     found = det.candidates(image)

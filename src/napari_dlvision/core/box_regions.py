@@ -2,7 +2,8 @@
 
 A box says where an object is, not which of its pixels belong to it. Two
 kinds of pixels are nevertheless certain enough to learn from: those outside
-every box (grown by a pixel) are background, and the central part of a box
+every box (grown by a pixel) but within the boxes' bounding rectangle (what
+was annotated) are background, and the central part of a box
 (an ellipse of half its height and width, at least its centre pixel) is its
 object. `strokes_from_boxes` paints those two kinds as strokes, and the
 pixel classifier (the Pixel classifier dock's filter bank and random
@@ -61,7 +62,13 @@ def strokes_from_boxes(shape, boxes: np.ndarray, classes: np.ndarray, rng=None) 
         if not core.any():  # a box of a pixel or two: its centre pixel
             core[min(int(cy) - y0, y1 - y0 - 1), min(int(cx) - x0, x1 - x0 - 1)] = True
         cores.append((slice(y0, y1), slice(x0, x1), core, 1 + int(c)))
-    background = ~ndi.binary_dilation(inside, iterations=1)
+    # Background only within the boxes' bounding rectangle: the part of the plane the person annotated.
+    # Objects elsewhere may simply not be boxed yet (boxes drawn on the top half, the rest to predict).
+    background = np.zeros(shape, bool)
+    if inside.any():
+        rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
+        background[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+    background &= ~ndi.binary_dilation(inside, iterations=1)
     n_object = sum(int(core.sum()) for _, _, core, _ in cores)
     ys, xs = np.nonzero(background)
     cap = int(max(BACKGROUND_PER_OBJECT_PIXEL * n_object, MIN_BACKGROUND))

@@ -50,11 +50,18 @@ TRAIN_KEYS = ("steps", "patch_size", "batch_size", "lr", "flips", "rot90", "scal
               "device", "preview_every")
 
 
-def _train_job(holder, resume_from, arch, pretrained, device, data, axis, boxes, names, settings_kw, validation):
-    """The worker's side: import torch there, convert instance labels, build or reuse the detector, train."""
+def _import_in_worker():
+    """torch, and torchvision's NMS that the review's sliders run on the main thread: a first import
+    there stalled the viewer 0.38 s (the forest detector's training imports nothing of torchvision)."""
     from .torch_import import import_torch
 
     import_torch()
+    import torchvision.ops  # noqa: F401
+
+
+def _train_job(holder, resume_from, arch, pretrained, device, data, axis, boxes, names, settings_kw, validation):
+    """The worker's side: import torch there, convert instance labels, build or reuse the detector, train."""
+    _import_in_worker()
     from ..core.boxes import boxes_from_labels
     from ..dl.detect_train import DetectSettings, train_detector
     from ..dl.detector import Detector
@@ -67,9 +74,7 @@ def _train_job(holder, resume_from, arch, pretrained, device, data, axis, boxes,
 
 
 def _predict_job(model, data, axis):
-    from .torch_import import import_torch
-
-    import_torch()
+    _import_in_worker()
     yield from model.iter_predict(data, axis)
 
 
