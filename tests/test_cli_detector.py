@@ -21,7 +21,7 @@ def files(tmp_path_factory):
         tifffile.imwrite(d / f"{name}.tif", s.image)
         boxes_from_labels(s.instances, class_name="nucleus").write(d / f"{name}.csv")
     r = dlvision("train", "detector", "--image", d / "a.tif", "--boxes", d / "a.csv", "--image", d / "b.tif",
-                 "--boxes", d / "b.csv", "--out", d / "m.dlv", "--steps", 4, "--seed", 1)
+                 "--boxes", d / "b.csv", "--out", d / "m.dlv", "--steps", 4, "--seed", 1, "--arch", "centernet")
     assert r.returncode == 0, r.stderr
     assert "training a centernet detector (1 class: nucleus)" in r.stdout and "wrote" in r.stdout
     return d
@@ -135,10 +135,14 @@ def test_a_zarr_image_is_detected_tile_by_tile_with_the_in_memory_boxes(files, t
 
 
 def test_a_forest_detector_trains_predicts_evaluates_and_is_not_exported(files, tmp_path):
-    r = dlvision("train", "detector", "--arch", "forest", "--image", files / "a.tif", "--boxes", files / "a.csv",
-                 "--out", tmp_path / "f.dlv")
+    # The default, auto, chooses the forest for nuclei apart; --arch auto with --init keeps the model's.
+    r = dlvision("train", "detector", "--image", files / "a.tif", "--boxes", files / "a.csv", "--out", tmp_path / "f.dlv")
     assert r.returncode == 0, r.stderr
-    assert "training a forest detector (1 class: nucleus)" in r.stdout and "forest detector trained in" in r.stdout
+    assert "auto chose forest (objects apart" in r.stdout and "forest detector trained in" in r.stdout
+    assert "training a forest detector (1 class: nucleus)" in r.stdout
+    r = dlvision("train", "detector", "--arch", "auto", "--init", tmp_path / "f.dlv", "--image", files / "b.tif",
+                 "--boxes", files / "b.csv", "--out", tmp_path / "f2.dlv")
+    assert r.returncode == 0 and "training a forest detector" in r.stdout and "auto chose" not in r.stdout, r.stderr
     r = dlvision("predict", "--model", tmp_path / "f.dlv", "--image", files / "b.tif", "--out", tmp_path / "p.csv")
     assert r.returncode == 0, r.stderr
     found = BoxTable.read_csv(tmp_path / "p.csv")

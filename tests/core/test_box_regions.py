@@ -51,10 +51,34 @@ def test_objects_become_boxes_down_to_one_pixel_with_their_class_and_mean_score(
 
 def test_touching_objects_are_split_and_the_settings_chosen_on_the_training_boxes():
     yy, xx = np.mgrid[:40, :60]
-    two = ((yy - 20) ** 2 + (xx - 20) ** 2 < 100) | ((yy - 20) ** 2 + (xx - 37) ** 2 < 100)  # discs that touch
+    two = ((yy - 20) ** 2 + (xx - 20) ** 2 < 100) | ((yy - 20) ** 2 + (xx - 34) ** 2 < 100)  # discs that overlap
     prob = np.stack([1.0 - two, two.astype(float)]).astype(np.float32)
     assert len(R.boxes_of_objects(prob, split=0.25)[0]) == 2
-    truth = {2}
-    chosen = R.choose_settings([prob], lambda found: (float(len(found[0][0]) in truth), 0.0))
-    assert chosen["level"] == R.DEFAULT_LEVEL and chosen["split"] in R.SPLITS
-    assert len(R.boxes_of_objects(prob, **chosen)[0]) == 2
+    targets = [(np.array([[10, 10, 30, 30], [10, 27, 30, 47]], float), np.array([1, 1]))]
+    tuning = R.choose_settings([prob], targets, lambda found, t: (float(len(found[0][0]) == len(t[0][0])), 0.0))
+    steps = []
+    while True:
+        try:
+            steps.append(next(tuning))
+        except StopIteration as end:
+            chosen = end.value
+            break
+    assert steps[-1] == (len(R.LEVELS) * len(R.SPLITS),) * 2
+    # Among the pairs that find both, the default level and the split nearest the default.
+    assert chosen["level"] == R.DEFAULT_LEVEL and len(R.boxes_of_objects(prob, **chosen)[0]) == 2
+    finding = [s for s in R.SPLITS if len(R.boxes_of_objects(prob, s)[0]) == 2]
+    assert chosen["split"] == min(finding, key=lambda s: abs(s - R.DEFAULT_SPLIT))
+
+
+def test_auto_chooses_the_forest_for_one_class_of_objects_apart_else_centernet():
+    apart = R.strokes_from_boxes((60, 60), np.array([[5, 5, 15, 15], [40, 40, 50, 50]], float), np.array([1, 1]),
+                                 sample=False)
+    packed = R.strokes_from_boxes((40, 40), np.array([[0, 0, 21, 40], [20, 0, 40, 40]], float), np.array([1, 1]),
+                                  sample=False)
+    arch, why = R.choose_arch([apart], 1)
+    assert arch == "forest" and why.startswith("auto chose forest (objects apart: ")
+    assert R.choose_arch([packed], 1) == ("centernet", "auto chose centernet (objects packed: 0% of the boxed area "
+                                                       "lies between boxes)")
+    assert R.choose_arch([apart], 2)[0] == "centernet"
+    negative = R.strokes_from_boxes((30, 30), np.zeros((0, 4)), np.zeros(0, int))
+    assert np.all(negative == 1)  # a plane without boxes given as a negative is all background

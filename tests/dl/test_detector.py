@@ -55,7 +55,7 @@ def test_targets_peak_at_the_centre_and_hold_the_edge_distances():
 def trained():
     """A centre-net detector trained briefly on synthetic nuclei: (detector, events, test image, true boxes)."""
     train, test = nuclei((128, 128), radius=(7.0, 11.0), seed=4), nuclei((128, 128), radius=(7.0, 11.0), seed=9)
-    det = Detector(class_names=["nucleus"])
+    det = Detector("centernet", class_names=["nucleus"])
     settings = DetectSettings(steps=120, seed=0, scale=1.0)
     events = list(train_detector(det, train.image, boxes_from_labels(train.instances, class_name="nucleus"),
                                  settings))
@@ -133,13 +133,14 @@ def test_stack_with_boxes_on_some_planes_skips_the_others_and_says_so():
     s = nuclei((64, 64), seed=2)
     truth = boxes_from_labels(s.instances).with_index(1)
     stack = np.stack([s.image, s.image, s.image])
-    det = Detector()
-    events = list(train_detector(det, stack, truth, DetectSettings(steps=1)))
-    assert "2 planes without boxes skipped" in events[0].message
-    assert det.training["planes"] == 1
-    det = Detector()
-    list(train_detector(det, stack, truth, DetectSettings(steps=1, empty_planes="negative")))
-    assert det.training["planes"] == 3
+    for arch in ("centernet", "auto"):  # auto: the forest here, whose negative planes are all background
+        det = Detector(arch)
+        events = list(train_detector(det, stack, truth, DetectSettings(steps=1)))
+        assert "2 planes without boxes skipped" in events[0].message
+        assert det.training["planes"] == 1
+        det = Detector(arch)
+        list(train_detector(det, stack, truth, DetectSettings(steps=1, empty_planes="negative")))
+        assert det.training["planes"] == 3 and det.arch == ("forest" if arch == "auto" else arch)
 
 
 @pytest.mark.parametrize("arch", ["fcos-mobilenet", "fasterrcnn-mobilenet"])

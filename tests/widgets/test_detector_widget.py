@@ -21,10 +21,10 @@ def scene():
     return s, boxes_from_labels(s.instances)
 
 
-def _dock(viewer, steps=40, preview_every=20):
+def _dock(viewer, steps=40, preview_every=20, arch="centernet"):
     w = DetectorWidget(viewer)
     viewer.window.add_dock_widget(w)
-    for name, value in (("steps", steps), ("preview_every", preview_every), ("scale", 1.0)):
+    for name, value in (("arch", arch), ("steps", steps), ("preview_every", preview_every), ("scale", 1.0)):
         w.settings_form.set_value(name, value)
     return w
 
@@ -224,10 +224,10 @@ def test_docking_the_detector_does_not_import_torch():
     assert r.returncode == 0, r.stderr
 
 
-def test_the_forest_detector_trains_in_one_go_and_loads_back(qtbot, drawn, tmp_path):
+def test_auto_chooses_the_forest_which_trains_in_one_go_and_loads_back(qtbot, drawn, tmp_path):
     w, boxes, truth = drawn
     viewer = w.viewer
-    w.settings_form.set_value("arch", "forest")
+    w.settings_form.set_value("arch", "auto")  # the default
     qtbot.mouseClick(w.train_btn, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, w, TIMEOUT_MS)
     assert w.last_error is None, w.last_error
@@ -238,6 +238,7 @@ def test_the_forest_detector_trains_in_one_go_and_loads_back(qtbot, drawn, tmp_p
     assert out.nshapes > len(truth) // 2 and set(out.features["class"]) == {"object"}
     assert viewer.layers.selection.active is boxes and len(boxes.data) == len(truth)
     path = w.save_model(tmp_path / "forest.dlv")
-    other = _dock(viewer)
+    assert w.model.arch == "forest" and "auto chose forest (objects apart" in " ".join(w.model.training["notes"])
+    other = _dock(viewer, arch="auto")
     assert other.load_model(path) is not None and other.last_error is None
     assert other.settings_form.values()["arch"] == "forest" and "forest detector" in other.status.text()

@@ -1,7 +1,7 @@
 """Object detector: boxes from a CSV per image, scored boxes out.
 
     dlvision train detector --image IMG --boxes BOXES.csv --out MODEL [--image IMG2 --boxes BOXES2.csv ...]
-        [--arch centernet|forest|fcos-mobilenet|...] [--steps N] [--time-limit SECONDS] [--device auto|cpu|cuda|mps]
+        [--arch auto|centernet|forest|fcos-mobilenet|...] [--steps N] [--time-limit SECONDS] [--device auto|cpu|cuda|mps]
 
 BOXES.csv: a header row and columns y0,x0,y1,x1,class in pixels (y1 and x1
 exclusive), class names as text; a leading `index` column gives the plane
@@ -22,8 +22,8 @@ def add_arguments(p):
     p.add_argument("--boxes", action="append", default=[], type=Path, help="boxes CSV of the image before it")
     p.add_argument("--out", required=True, type=model_path, help="model file to write")
     p.add_argument("--arch", default=None, choices=ARCHS,
-                   help=f"architecture (default {DEFAULT_ARCH}; forest: no network, trained in seconds, for objects "
-                        "apart on a clear background; see the README for when to pick which)")
+                   help=f"architecture (default {DEFAULT_ARCH}: forest for one class of objects apart, centernet "
+                        "otherwise; forest: no network, trained in seconds; see the README for when to pick which)")
     p.add_argument("--pretrained", default="cache", choices=PRETRAINED,
                    help="torchvision detectors: ImageNet backbone weights from torch's cache only (default), "
                         "never, or downloaded if missing")
@@ -112,7 +112,7 @@ def run(args):
 
     if args.init is not None:
         det = Detector.load(args.init, device=args.device)
-        if args.arch not in (None, det.arch):
+        if args.arch not in (None, "auto", det.arch):
             raise UserInputError(f"{args.init} is a {det.arch} detector, not {args.arch}")
     else:
         det = Detector(args.arch or DEFAULT_ARCH, pretrained=args.pretrained, device=args.device)

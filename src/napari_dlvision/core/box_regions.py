@@ -29,18 +29,20 @@ from .errors import UserInputError
 CORE = 0.5  # the central part of a box taken as its object: half its height and width
 BACKGROUND_PER_OBJECT_PIXEL = 16  # background pixels kept per object pixel (the rest unlabelled)
 MIN_BACKGROUND = 20_000
-SPLITS = (0.25, 0.5, 1.0, 1.5, 2.5)  # depths tried for splitting touching objects (core.instances' h)
+SPLITS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.5)  # depths tried for splitting touching objects (core.instances' h)
 DEFAULT_SPLIT = 1.5  # the pixel classifier's own
-LEVELS = (0.3, 0.5, 0.7, 0.85)  # a pixel is object where its probability of background is below the level
+LEVELS = (0.2, 0.3, 0.5, 0.7, 0.85)  # a pixel is object where its probability of background is below it
 DEFAULT_LEVEL = 0.5
+TUNE_PIXELS = 1 << 20  # training pixels the level and split are tuned on (30 pairs, each splits them all)
 
 
-def strokes_from_boxes(shape, boxes: np.ndarray, classes: np.ndarray, rng=None) -> np.ndarray:
+def strokes_from_boxes(shape, boxes: np.ndarray, classes: np.ndarray, rng=None, sample: bool = True) -> np.ndarray:
     """Labels (0 unlabelled, 1 background, 1 + c for class c) of a plane of `shape` with these boxes.
 
     boxes: (N, 4) y0, x0, y1, x1 in pixel edges (y1, x1 exclusive). Background
     is sampled (at most BACKGROUND_PER_OBJECT_PIXEL per object pixel) so that
-    a few boxes on a large image train in seconds, not on millions of pixels.
+    a few boxes on a large image train in seconds, not on millions of pixels
+    (sample=False: every background pixel).
     """
     from scipy import ndimage as ndi
 
@@ -65,14 +67,16 @@ def strokes_from_boxes(shape, boxes: np.ndarray, classes: np.ndarray, rng=None) 
     # Background only within the boxes' bounding rectangle: the part of the plane the person annotated.
     # Objects elsewhere may simply not be boxed yet (boxes drawn on the top half, the rest to predict).
     background = np.zeros(shape, bool)
-    if inside.any():
+    if not cores:  # a plane given as a negative: no object anywhere
+        background[:] = True
+    elif inside.any():
         rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
         background[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
     background &= ~ndi.binary_dilation(inside, iterations=1)
     n_object = sum(int(core.sum()) for _, _, core, _ in cores)
     ys, xs = np.nonzero(background)
     cap = int(max(BACKGROUND_PER_OBJECT_PIXEL * n_object, MIN_BACKGROUND))
-    if len(ys) > cap:
+    if sample and len(ys) > cap:
         pick = (rng or np.random.default_rng(0)).choice(len(ys), cap, replace=False)
         ys, xs = ys[pick], xs[pick]
     labels[ys, xs] = 1
@@ -80,6 +84,37 @@ def strokes_from_boxes(shape, boxes: np.ndarray, classes: np.ndarray, rng=None) 
     for rows, cols, core, label in cores:
         labels[rows, cols][core] = label
     return labels
+
+
+MIN_BACKGROUND_FRACTION = 0.2  # of the annotated rectangles, for "auto" to choose the forest
+
+
+def choose_arch(labels: list[np.ndarray], n_classes: int) -> tuple[str, str]:
+    """("forest" or "centernet", why) for the "auto" detector, from strokes_from_boxes(..., sample=False).
+
+    The forest where one class of objects lies apart with background
+    between them (bench: blobs, nuclei, 3D planes; it trains in seconds);
+    centernet for densely packed objects, which leave the forest nothing
+    to learn background from (maize cells), and for several classes, which
+    the forest tells apart by pixel filters alone.
+    """
+    annotated = sum(_annotated(lab).sum() for lab in labels)
+    unboxed = sum(int((lab == 1).sum()) for lab in labels)
+    fraction = unboxed / max(int(annotated), 1)
+    if n_classes > 1:
+        return "centernet", f"auto chose centernet ({n_classes} classes)"
+    if fraction < MIN_BACKGROUND_FRACTION:
+        return "centernet", f"auto chose centernet (objects packed: {fraction:.0%} of the boxed area lies between boxes)"
+    return "forest", f"auto chose forest (objects apart: {fraction:.0%} of the boxed area lies between boxes)"
+
+
+def _annotated(labels: np.ndarray) -> np.ndarray:
+    """The bounding rectangle of a plane's labelled pixels."""
+    out = np.zeros(labels.shape, bool)
+    rows, cols = np.nonzero(labels.any(axis=1))[0], np.nonzero(labels.any(axis=0))[0]
+    if len(rows):
+        out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+    return out
 
 
 def check_background(labels: list[np.ndarray]):
@@ -118,26 +153,50 @@ def boxes_of_objects(prob: np.ndarray, split: float = DEFAULT_SPLIT, level: floa
     return boxes, scores, classes
 
 
-def choose_settings(probs: list[np.ndarray], evaluate) -> dict:
-    """The level, then the split depth, whose boxes score best against the training boxes.
+def choose_settings(probs: list[np.ndarray], targets, evaluate) -> dict:
+    """The edge level and split depth whose boxes best find the training boxes.
 
     The ring of a box around its central part is never labelled, so where
-    the forest puts an object's edge is calibrated here, as a person would
-    tune it by eye. probs: each training plane's probabilities;
-    evaluate(each plane's boxes_of_objects) -> (mAP@0.5, mAP@0.5:0.95)
-    against the training boxes. mAP@0.5 decides, and ties go to the value
-    nearest the default: ranking ties by mAP@0.5:0.95 chose, on blobs,
-    edges that fitted the training half and missed the other's specks.
+    the forest puts an object's edge is calibrated here, with how deep
+    touching objects are split, as a person would tune both by eye. probs:
+    each training plane's probabilities; targets: their (boxes, classes);
+    evaluate(each plane's boxes_of_objects, their targets) -> (mAP@0.5,
+    mAP@0.5:0.95). Every pair is tried on at most TUNE_PIXELS of the planes;
+    yields (pairs tried, pairs in all) after each, and returns the chosen pair.
+    mAP@0.5 decides, ties going to the level, then the split, nearest the
+    defaults: ranking ties by mAP@0.5:0.95 chose, on blobs, edges that
+    fitted the training half and missed the other half's specks.
     """
-    def best(values, default, settings):
-        scored = []
-        for v in values:
-            m50, _ = evaluate([boxes_of_objects(p, **settings(v)) for p in probs])
-            scored.append((round(m50, 3), -abs(v - default), v))
-        return max(scored)[-1]
+    probs, targets = _tuning_set(probs, targets)
+    scored, pairs = [], [(level, split) for level in LEVELS for split in SPLITS]
+    for i, (level, split) in enumerate(pairs):
+        m50, _ = evaluate([boxes_of_objects(p, split, level) for p in probs], targets)
+        scored.append((round(m50, 3), -abs(level - DEFAULT_LEVEL), -abs(split - DEFAULT_SPLIT), level, split))
+        yield i + 1, len(pairs)  # a generator, so that a Stop acts between pairs
+    level, split = max(scored)[-2:]
+    return {"level": level, "split": split}
 
-    level = best(LEVELS, DEFAULT_LEVEL, lambda v: {"level": v})
-    return {"level": level, "split": best(SPLITS, DEFAULT_SPLIT, lambda v: {"level": level, "split": v})}
+
+def _tuning_set(probs, targets):
+    """Planes (or a window of a large one) of at most TUNE_PIXELS, with the boxes wholly inside them."""
+    out_p, out_t, pixels = [], [], 0
+    for prob, (boxes, classes) in zip(probs, targets):
+        h, w = prob.shape[1:]
+        if pixels and pixels + h * w > TUNE_PIXELS:
+            break
+        side = int(np.sqrt(TUNE_PIXELS))
+        if h * w > TUNE_PIXELS:  # a window where the boxes are, whole boxes only
+            cy, cx = np.median((boxes[:, 0] + boxes[:, 2]) / 2), np.median((boxes[:, 1] + boxes[:, 3]) / 2)
+            y0 = int(min(max(cy - side // 2, 0), max(h - side, 0)))
+            x0 = int(min(max(cx - side // 2, 0), max(w - side, 0)))
+            prob = prob[:, y0:y0 + side, x0:x0 + side]
+            inside = (boxes[:, 0] >= y0) & (boxes[:, 1] >= x0) & (boxes[:, 2] <= y0 + prob.shape[1]) \
+                & (boxes[:, 3] <= x0 + prob.shape[2])
+            boxes, classes = boxes[inside] - np.array([y0, x0, y0, x0]), classes[inside]
+        out_p.append(prob)
+        out_t.append((boxes, classes))
+        pixels += prob.shape[1] * prob.shape[2]
+    return out_p, out_t
 
 
 def table_of(found, class_names, stack: bool) -> BoxTable:

@@ -31,7 +31,7 @@ from ..core.planes import Planes
 from . import centernet
 from .box_sampler import BORDER_FRACTION, BoxAugmentation, BoxPatchSampler
 from .detector import Detector, select
-from .detector_archs import FOREST
+from .detector_archs import AUTO, FOREST
 from .devices import pick_device
 from .distributed import data_seed
 from .loop import FitSettings, KindSettings, fit
@@ -203,7 +203,9 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
     settings = settings or DetectSettings()
     settings.check()
     planes, targets, names, n_channels, notes = training_planes(
-        detector, images, boxes, channel_axis, settings.empty_planes, normalised=detector.arch != FOREST)
+        detector, images, boxes, channel_axis, settings.empty_planes, normalised=detector.arch not in (AUTO, FOREST))
+    if detector.arch == AUTO:
+        planes = resolve_auto(detector, planes, targets, names, notes)
     val = prepare_validation(detector, validation, channel_axis)
     if detector.arch == FOREST:
         yield from train_forest(detector, images, planes, targets, names, n_channels, notes, settings, val,
@@ -273,6 +275,19 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
                    preview_weights=False)  # no preview history for boxes: no copy of big backbones
 
 
+def resolve_auto(detector: Detector, planes, targets, names, notes: list) -> list:
+    """Set an "auto" detector's architecture from the boxes (core.box_regions.choose_arch), say which
+    in `notes`, and give back the planes as that architecture learns them (centernet: normalised)."""
+    from ..core.box_regions import choose_arch, strokes_from_boxes
+
+    labels = [strokes_from_boxes(p.shape[1:], b, c, sample=False) for p, (b, c) in zip(planes, targets)]
+    detector.arch, why = choose_arch(labels, len(names))
+    notes.append(why)
+    if detector.arch == FOREST:
+        return planes
+    return [Planes(p, 0).plane_normalised(detector.normalisation) for p in planes]  # as training_planes does
+
+
 def validation_scores(detector: Detector, val, channel_axis=None, **kw) -> dict[str, float]:
     """Mean validation mAP@0.5 and mAP@0.5:0.95 (kw: the network being trained, its device)."""
     scores = []
@@ -287,7 +302,7 @@ def validation_scores(detector: Detector, val, channel_axis=None, **kw) -> dict[
 def train_forest(detector: Detector, images, planes, targets, names, n_channels, notes, settings, val,
                  channel_axis=None):
     """Fit the forest detector (core/box_regions.py): strokes from the boxes, the pixel random forest,
-    then the split of touching objects that best finds the training boxes. Progress events as
+    then the edge level and split depth that best find the training boxes. Progress events as
     train_detector's; the detector changes only at the end, so a Stop keeps the last one whole."""
     from ..core.box_regions import boxes_of_objects, check_background, choose_settings, strokes_from_boxes, table_of
     from ..core.pixel_classifier import PixelClassifier
@@ -296,27 +311,33 @@ def train_forest(detector: Detector, images, planes, targets, names, n_channels,
     k, n_boxes = len(names), int(sum(len(b) for b, _ in targets))
     start = (f"training a forest detector ({k} class{'es' if k > 1 else ''}: {', '.join(names)}) on {n_boxes} "
              f"boxes in {len(planes)} image{'s' if len(planes) > 1 else ''}; steps and patches do not apply")
-    yield Progress("start", 0, 3, "; ".join(notes + [start]), seconds=0.0)
+    yield Progress("start", 0, 0, "; ".join(notes + [start]), seconds=0.0)
     rng = np.random.default_rng(settings.seed)
     labels = [strokes_from_boxes(p.shape[1:], b, c, rng) for p, (b, c) in zip(planes, targets)]
     check_background(labels)
     forest = PixelClassifier(class_names=["outside the boxes"] + list(names))
     forest.fit(list(planes), labels, channel_axis=0)
-    yield Progress("training", 1, 3, "choosing where objects end and how touching ones are split…",
-                   seconds=time.perf_counter() - t0)
+    yield Progress("training", 1, 0, "forest fitted; predicting the training images…", seconds=time.perf_counter() - t0)
     probs = [forest.predict_proba(p, channel_axis=0) for p in planes]
-    truth = BoxTable(np.concatenate([b for b, _ in targets]), np.concatenate([c for _, c in targets]), list(names),
-                     index=np.concatenate([np.full(len(b), i) for i, (b, _) in enumerate(targets)]))
 
-    def evaluate(found):
-        scores = evaluate_boxes(table_of(found, names, True), truth, detector.score_threshold, len(planes))
+    def evaluate(found, targets):
+        truth = BoxTable(np.concatenate([b for b, _ in targets]), np.concatenate([c for _, c in targets]), list(names),
+                         index=np.concatenate([np.full(len(b), i) for i, (b, _) in enumerate(targets)]))
+        scores = evaluate_boxes(table_of(found, names, True), truth, detector.score_threshold, len(targets))
         return scores["mAP@0.5"], scores["mAP@0.5:0.95"]
 
-    chosen = choose_settings(probs, evaluate)
-    training_map = evaluate([boxes_of_objects(p, **chosen) for p in probs])
+    tuning = choose_settings(probs, targets, evaluate)
+    while True:
+        try:
+            done, n_pairs = next(tuning)
+        except StopIteration as end:
+            chosen = end.value
+            break
+        yield Progress("training", 1 + done, 2 + n_pairs, f"choosing where objects end and how touching ones are "
+                       f"split ({done} of {n_pairs} tried)…", seconds=time.perf_counter() - t0)
+    training_map = evaluate([boxes_of_objects(p, **chosen) for p in probs], targets)
     del probs
     how = f"background below {chosen['level']}, split depth {chosen['split']}"
-    yield Progress("training", 2, 3, f"{how}; checking…", seconds=time.perf_counter() - t0)
     sides = np.concatenate([b[:, 2:] - b[:, :2] for b, _ in targets])
     detector.net, detector.n_channels, detector.class_names = forest, int(n_channels), list(names)
     detector.config = {**chosen, "largest_object": round(float(sides.max()), 1)}
@@ -336,4 +357,4 @@ def train_forest(detector: Detector, images, planes, targets, names, n_channels,
     preview = detector.candidates(preview_image, channel_axis)
     message = (f"forest detector trained in {seconds:.1f} s on {sum(pixels.values())} pixels of {n_boxes} boxes "
                f"({how}; training mAP@0.5 {training_map[0]:.3f})")
-    yield Progress("done", 3, 3, message, None, None, metrics, seconds, {"report": report, "preview": preview})
+    yield Progress("done", 1, 1, message, None, None, metrics, seconds, {"report": report, "preview": preview})

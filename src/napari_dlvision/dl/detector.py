@@ -4,7 +4,8 @@
     table = det.predict_boxes(image)                         # core.boxes.BoxTable, scored
     det.save("nuclei.dlv"); det = Detector.load("nuclei.dlv")
 
-Architectures: "centernet" (the project's U-Net predicting centres and box
+Architectures ("auto", the default, picks one of the first two from the
+boxes when training starts): "centernet" (the project's U-Net predicting centres and box
 edges, dl/centernet.py), torchvision's FCOS and Faster R-CNN
 (dl/tv_detectors.py), and "forest", no network at all: the pixel random
 forest taught which pixels lie inside and outside the boxes, with a box
@@ -36,7 +37,7 @@ from ..core.tiling import grid, grow
 from . import centernet
 from .devices import describe, empty_cache, is_out_of_memory, pick_device
 from .tiled import plan_tiles
-from .detector_archs import ARCHS, DEFAULT_ARCH, FOREST
+from .detector_archs import ARCHS, DEFAULT_ARCH, FOREST, MODEL_ARCHS
 from .tv_detectors import TorchvisionDetector
 
 KIND = "object-detector"
@@ -308,7 +309,7 @@ class Detector:
         meta, arrays, extra = modelfile.load(path, kinds=(KIND,))
         field = modelfile.field
         with modelfile.refused_if_damaged(path, "detector model"):
-            arch = field(meta, "arch", str, choices=ARCHS)
+            arch = field(meta, "arch", str, choices=MODEL_ARCHS)
             names = [str(n) for n in field(meta, "class_names", list)]
             n_classes = len(field(meta, "classes", list))
             n_channels = field(meta, "n_channels", int, lo=1, hi=64)

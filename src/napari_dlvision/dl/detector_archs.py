@@ -5,6 +5,8 @@ dl/detector.py, dl/tv_detectors.py and core/box_regions.py build them; a test ke
 
 TORCHVISION_ARCHS = ("fcos-mobilenet", "fasterrcnn-mobilenet", "fcos-resnet50", "fasterrcnn-resnet50")
 FOREST = "forest"  # no network: a pixel random forest taught by the boxes (core/box_regions.py)
-ARCHS = ("centernet", FOREST) + TORCHVISION_ARCHS
-DEFAULT_ARCH = "centernet"
+AUTO = "auto"  # chosen from the boxes when training starts (core.box_regions.choose_arch); never in a model file
+MODEL_ARCHS = ("centernet", FOREST) + TORCHVISION_ARCHS
+ARCHS = (AUTO,) + MODEL_ARCHS
+DEFAULT_ARCH = AUTO
 PRETRAINED = ("none", "cache", "download")

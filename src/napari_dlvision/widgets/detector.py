@@ -26,7 +26,8 @@ from .parts import ApplyRow, Field, RunPanel, SettingsForm
 
 FIELDS = [
     Field("arch", "Architecture", DEFAULT_ARCH, choices=ARCHS,
-          tooltip="centernet: the project's U-Net, fast from scratch on a CPU; forest: no network, the pixel "
+          tooltip="auto: forest for one class of objects with background between them, else centernet; "
+                  "centernet: the project's U-Net, fast from scratch on a CPU; forest: no network, the pixel "
                   "classifier's forest taught by the boxes, trained in seconds, for objects apart on a clear "
                   "background (steps, patches and augmentation do not apply); torchvision's FCOS and Faster "
                   "R-CNN: bigger, best with pretrained backbones and a GPU"),
