@@ -13,8 +13,9 @@ foreground into objects the way the pixel classifier's instances are split
 mean probability. Where an object's edge lies and how deep touching objects
 are split are chosen on the training boxes (`choose_settings`).
 
-Objects of any size are found, down to one pixel, where a network trained
-on a few boxes misses sizes it did not see; and training takes seconds.
+Objects smaller than any box drawn are found too (on blobs, specks of 1-4
+pixels that centernet, a network trained on the boxes, misses), and
+training takes seconds.
 It needs background around the objects: where every pixel lies in some box
 (densely packed cells) there is nothing to learn background from.
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from .boxes import BoxTable
 from .errors import UserInputError
+from .events import Progress
 
 CORE = 0.5  # the central part of a box taken as its object: half its height and width
 BACKGROUND_PER_OBJECT_PIXEL = 16  # background pixels kept per object pixel (the rest unlabelled)
@@ -162,7 +164,7 @@ def choose_settings(probs: list[np.ndarray], targets, evaluate) -> dict:
     each training plane's probabilities; targets: their (boxes, classes);
     evaluate(each plane's boxes_of_objects, their targets) -> (mAP@0.5,
     mAP@0.5:0.95). Every pair is tried on at most TUNE_PIXELS of the planes;
-    yields (pairs tried, pairs in all) after each, and returns the chosen pair.
+    a Progress event follows each, and the chosen pair is returned.
     mAP@0.5 decides, ties going to the level, then the split, nearest the
     defaults: ranking ties by mAP@0.5:0.95 chose, on blobs, edges that
     fitted the training half and missed the other half's specks.
@@ -172,7 +174,8 @@ def choose_settings(probs: list[np.ndarray], targets, evaluate) -> dict:
     for i, (level, split) in enumerate(pairs):
         m50, _ = evaluate([boxes_of_objects(p, split, level) for p in probs], targets)
         scored.append((round(m50, 3), -abs(level - DEFAULT_LEVEL), -abs(split - DEFAULT_SPLIT), level, split))
-        yield i + 1, len(pairs)  # a generator, so that a Stop acts between pairs
+        yield Progress("training", i + 1, len(pairs), "choosing where objects end and how touching ones are split "
+                       f"({i + 1} of {len(pairs)} tried)…")  # a generator: a Stop acts between pairs
     level, split = max(scored)[-2:]
     return {"level": level, "split": split}
 

@@ -326,15 +326,7 @@ def train_forest(detector: Detector, images, planes, targets, names, n_channels,
         scores = evaluate_boxes(table_of(found, names, True), truth, detector.score_threshold, len(targets))
         return scores["mAP@0.5"], scores["mAP@0.5:0.95"]
 
-    tuning = choose_settings(probs, targets, evaluate)
-    while True:
-        try:
-            done, n_pairs = next(tuning)
-        except StopIteration as end:
-            chosen = end.value
-            break
-        yield Progress("training", 1 + done, 2 + n_pairs, f"choosing where objects end and how touching ones are "
-                       f"split ({done} of {n_pairs} tried)…", seconds=time.perf_counter() - t0)
+    chosen = yield from choose_settings(probs, targets, evaluate)
     training_map = evaluate([boxes_of_objects(p, **chosen) for p in probs], targets)
     del probs
     how = f"background below {chosen['level']}, split depth {chosen['split']}"
