@@ -113,3 +113,12 @@ def test_stacks_validation_continue_and_densely_packed_boxes():
     packed = BoxTable(np.array([[0, 0, 21, 40], [20, 0, 40, 40]], float), np.array([1, 1]))
     with pytest.raises(UserInputError, match="every pixel lies inside a box"):
         list(train_detector(Detector("forest"), cells, packed, DetectSettings()))
+
+
+def test_a_plane_too_large_for_memory_is_refused_before_it_is_read(trained):
+    import dask.array as da
+
+    det, _ = trained
+    huge = da.zeros((200_000, 200_000), dtype=np.uint8, chunks=(4096, 4096))  # 40 GB, nothing computed
+    with pytest.raises(UserInputError, match="forest detector on a 200000 x 200000 plane .* choose centernet"):
+        det.candidates(huge)

@@ -45,6 +45,7 @@ CANDIDATE_FLOOR = 0.05  # candidates kept for later thresholds (and for mAP)
 MAX_CANDIDATES_PER_TILE = 5000
 MAX_CLASSES = 60  # the U-Net head has K + 4 outputs and is bounded at 64
 BYTES_PER_PIXEL = {"centernet": 48 * 16, "mobilenet": 6000, "resnet50": 30000}  # inference peak, measured roughly
+FOREST_WORK_BYTES = 16  # per pixel of a plane, beyond it and its probabilities: objects, their ids and scores
 
 
 def select(candidates: BoxTable, score_threshold: float, nms_iou: float) -> BoxTable:
@@ -249,7 +250,12 @@ class Detector:
     def _iter_forest(self, planes: Planes, forest):
         """iter_predict of the forest detector: a plane's probabilities, then a box per object."""
         from ..core.box_regions import boxes_of_objects, table_of
+        from .devices import check_fits_in_ram
 
+        h, w = planes.shape
+        per_pixel = planes.n_channels * planes.dtype.itemsize + 4 * (self.n_classes + 1) + FOREST_WORK_BYTES
+        check_fits_in_ram("cpu", h * w * per_pixel, f"the forest detector on a {h} x {w} plane (read whole)",
+                          "choose centernet, which predicts tile by tile")
         found = []
         for p in range(planes.n_planes):
             prob = forest.predict_proba(planes.read(p), channel_axis=0)  # the forest learnt the image's own values
