@@ -26,12 +26,22 @@ def test_two_gloo_ranks_train_identical_weights_and_rank0_writes_once(name, data
     r = torchrun("train", kind.command, *fill(train), "--out", model, "--distributed")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "training on 2 processes (cpu)" in r.stdout
+    if name == "object-detector":  # the default, auto, trains a network when ranks train together
+        assert "auto chose centernet (training across ranks with torchrun)" in r.stdout
     assert r.stdout.count("weights identical on all 2 ranks") == 1 and r.stdout.count(f"wrote {model}") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.dlv"]
     out = tmp_path / out_name
     r = dlvision("predict", "--model", model, *fill(predict), "--out", out)
     assert r.returncode == 0, r.stderr
     assert out.is_file()
+
+
+def test_the_forest_detector_under_torchrun_is_one_line(data, tmp_path):  # noqa: F811
+    train = [a.format(d=data) for a in RECIPES["object-detector"][0]]
+    r = torchrun("train", "detector", *train, "--arch", "forest", "--out", tmp_path / "m.dlv", "--distributed")
+    assert r.returncode != 0 and not (tmp_path / "m.dlv").exists()
+    assert "dlvision: error: the forest detector trains in one process: run it without torchrun" in r.stderr
+    assert "/napari_dlvision/" not in r.stderr  # no traceback of ours (torchrun prints its own summary)
 
 
 def test_distributed_outside_torchrun_is_one_line(data, tmp_path):  # noqa: F811

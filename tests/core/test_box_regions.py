@@ -64,6 +64,7 @@ def test_touching_objects_are_split_and_the_settings_chosen_on_the_training_boxe
             chosen = end.value
             break
     assert (steps[-1].done, steps[-1].total) == (len(R.LEVELS) * len(R.SPLITS),) * 2 and steps[-1].message
+    assert sum(bool(e.message) for e in steps) == len(R.LEVELS)
     # Among the pairs that find both, the default level and the split nearest the default.
     assert chosen["level"] == R.DEFAULT_LEVEL and len(R.boxes_of_objects(prob, **chosen)[0]) == 2
     finding = [s for s in R.SPLITS if len(R.boxes_of_objects(prob, s)[0]) == 2]

@@ -132,7 +132,7 @@ def run(args):
     for ev in train_detector(det, images, tables, settings, validation, channel_axis=axis):
         if ev.stage in ("start", "done") or ev.message:
             print(ev.message, flush=True)
-        elif ev.done % every == 0:
+        elif ev.stage == "training" and ev.done % every == 0:  # the forest's tuning: its lines have messages
             scores = "".join(f"  {k} {v:.3f}" for k, v in ev.metrics.items())
             print(f"step {ev.done}/{ev.total}  loss {ev.smoothed_loss:.4f}{scores}  {ev.seconds:.0f} s", flush=True)
     save_trained(det, args.out)

@@ -174,8 +174,10 @@ def choose_settings(probs: list[np.ndarray], targets, evaluate) -> dict:
     for i, (level, split) in enumerate(pairs):
         m50, _ = evaluate([boxes_of_objects(p, split, level) for p in probs], targets)
         scored.append((round(m50, 3), -abs(level - DEFAULT_LEVEL), -abs(split - DEFAULT_SPLIT), level, split))
-        yield Progress("training", i + 1, len(pairs), "choosing where objects end and how touching ones are split "
-                       f"({i + 1} of {len(pairs)} tried)…")  # a generator: a Stop acts between pairs
+        # A generator: a Stop acts between pairs. A line for each level tried, not for each pair.
+        message = None if (i + 1) % len(SPLITS) else \
+            f"choosing where objects end and how touching ones are split ({i + 1} of {len(pairs)} tried)…"
+        yield Progress("tuning", i + 1, len(pairs), message)
     level, split = max(scored)[-2:]
     return {"level": level, "split": split}
 

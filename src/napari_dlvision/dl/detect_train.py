@@ -33,6 +33,7 @@ from .box_sampler import BORDER_FRACTION, BoxAugmentation, BoxPatchSampler
 from .detector import Detector, select
 from .detector_archs import AUTO, FOREST
 from .devices import pick_device
+from . import distributed
 from .distributed import data_seed
 from .loop import FitSettings, KindSettings, fit
 
@@ -208,6 +209,9 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
         planes = resolve_auto(detector, planes, targets, names, notes)
     val = prepare_validation(detector, validation, channel_axis)
     if detector.arch == FOREST:
+        if distributed.active():
+            raise UserInputError("the forest detector trains in one process: run it without torchrun, "
+                                 "or choose centernet")
         yield from train_forest(detector, images, planes, targets, names, n_channels, notes, settings, val,
                                 channel_axis)
         return
@@ -280,8 +284,11 @@ def resolve_auto(detector: Detector, planes, targets, names, notes: list) -> lis
     in `notes`, and give back the planes as that architecture learns them (centernet: normalised)."""
     from ..core.box_regions import choose_arch, strokes_from_boxes
 
-    labels = [strokes_from_boxes(p.shape[1:], b, c, sample=False) for p, (b, c) in zip(planes, targets)]
-    detector.arch, why = choose_arch(labels, len(names))
+    if distributed.active():  # ranks that train together are for a network
+        detector.arch, why = "centernet", "auto chose centernet (training across ranks with torchrun)"
+    else:
+        labels = [strokes_from_boxes(p.shape[1:], b, c, sample=False) for p, (b, c) in zip(planes, targets)]
+        detector.arch, why = choose_arch(labels, len(names))
     notes.append(why)
     if detector.arch == FOREST:
         return planes
@@ -317,7 +324,7 @@ def train_forest(detector: Detector, images, planes, targets, names, n_channels,
     check_background(labels)
     forest = PixelClassifier(class_names=["outside the boxes"] + list(names))
     forest.fit(list(planes), labels, channel_axis=0)
-    yield Progress("training", 1, 0, "forest fitted; predicting the training images…", seconds=time.perf_counter() - t0)
+    yield Progress("tuning", 0, 0, "forest fitted; predicting the training images…", seconds=time.perf_counter() - t0)
     probs = [forest.predict_proba(p, channel_axis=0) for p in planes]
 
     def evaluate(found, targets):
