@@ -4,12 +4,14 @@
     table = det.predict_boxes(image)                         # core.boxes.BoxTable, scored
     det.save("nuclei.dlv"); det = Detector.load("nuclei.dlv")
 
-Architectures ("auto", the default, picks one of the first two from the
-boxes when training starts): "centernet" (the project's U-Net predicting centres and box
-edges, dl/centernet.py), torchvision's FCOS and Faster R-CNN
-(dl/tv_detectors.py), and "forest", no network at all: the pixel random
+Architectures: "centernet" (the project's U-Net predicting centres and box
+edges, dl/centernet.py); "forest", no network at all: the pixel random
 forest taught which pixels lie inside and outside the boxes, with a box
-around each object it finds (core/box_regions.py; trained in seconds). Prediction runs tile by tile on each plane: the
+around each object it finds (core/box_regions.py; trained in seconds,
+predicted a whole plane at a time); torchvision's FCOS and Faster R-CNN
+(dl/tv_detectors.py); and "auto", the default, which becomes centernet or
+the forest when training starts (dl.detect_train.resolve_auto). The
+networks predict tile by tile on each plane: the
 U-Net's tiles carry its exact halo and keep the peaks of their core, the
 torchvision detectors' tiles overlap by more than the largest training
 object and keep the boxes centred in their core; non-maximum suppression
