@@ -68,12 +68,7 @@ def strokes_from_boxes(shape, boxes: np.ndarray, classes: np.ndarray, rng=None, 
         cores.append((slice(y0, y1), slice(x0, x1), core, 1 + int(c)))
     # Background only within the boxes' bounding rectangle: the part of the plane the person annotated.
     # Objects elsewhere may simply not be boxed yet (boxes drawn on the top half, the rest to predict).
-    background = np.zeros(shape, bool)
-    if not cores:  # a plane given as a negative: no object anywhere
-        background[:] = True
-    elif inside.any():
-        rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
-        background[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+    background = np.ones(shape, bool) if not cores else _bounding_rectangle(inside)  # no cores: a negative plane
     background &= ~ndi.binary_dilation(inside, iterations=1)
     n_object = sum(int(core.sum()) for _, _, core, _ in cores)
     ys, xs = np.nonzero(background)
@@ -100,7 +95,7 @@ def choose_arch(labels: list[np.ndarray], n_classes: int) -> tuple[str, str]:
     to learn background from (maize cells), and for several classes, which
     the forest tells apart by pixel filters alone.
     """
-    annotated = sum(_annotated(lab).sum() for lab in labels)
+    annotated = sum(_bounding_rectangle(lab > 0).sum() for lab in labels)
     unboxed = sum(int((lab == 1).sum()) for lab in labels)
     fraction = unboxed / max(int(annotated), 1)
     if n_classes > 1:
@@ -110,10 +105,10 @@ def choose_arch(labels: list[np.ndarray], n_classes: int) -> tuple[str, str]:
     return "forest", f"auto chose forest (objects apart: {fraction:.0%} of the boxed area lies between boxes)"
 
 
-def _annotated(labels: np.ndarray) -> np.ndarray:
-    """The bounding rectangle of a plane's labelled pixels."""
-    out = np.zeros(labels.shape, bool)
-    rows, cols = np.nonzero(labels.any(axis=1))[0], np.nonzero(labels.any(axis=0))[0]
+def _bounding_rectangle(mask: np.ndarray) -> np.ndarray:
+    """True on the bounding rectangle of a plane's True pixels (the part a person annotated)."""
+    out = np.zeros(mask.shape, bool)
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     if len(rows):
         out[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
     return out
