@@ -1,5 +1,7 @@
 """`dlvision train detector`, `predict` and `evaluate` on real files, in a subprocess."""
 
+import subprocess
+import sys
 from functools import partial
 
 import cli_helpers
@@ -147,6 +149,13 @@ def test_a_forest_detector_trains_predicts_evaluates_and_is_not_exported(files, 
     assert r.returncode == 0, r.stderr
     found = BoxTable.read_csv(tmp_path / "p.csv")
     assert len(found) > 3 and found.class_names == ["nucleus"] and np.all(found.scores >= 0.3)
+    # Loaded and predicted without torch, which costs a CPU 4-7 s of imports with torchvision.
+    code = ("import sys, tifffile; from napari_dlvision import kinds; "
+            f"m = kinds.load_model({str(tmp_path / 'f.dlv')!r}); "
+            f"assert len(m.predict_boxes(tifffile.imread({str(files / 'b.tif')!r}))) == {len(found)}; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     r = dlvision("evaluate", "--model", tmp_path / "f.dlv", "--image", files / "b.tif", "--boxes", files / "b.csv")
     assert r.returncode == 0, r.stderr
     assert float(r.stdout.split()[1]) > 0.5  # mAP@0.5

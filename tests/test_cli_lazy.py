@@ -194,7 +194,12 @@ def test_ctrl_c_during_a_cluster_run_leaves_nothing_once_its_running_blocks_end(
                               "--dask-address", cluster.scheduler_address],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert p.stdout.readline().startswith("predicting")
-        time.sleep(1.5)  # blocks are running on both workers
+        # Interrupt once a block is written, with most still to run: a fixed
+        # sleep raced the run's end on a fast machine.
+        deadline = time.monotonic() + 90
+        while not any(f.is_file() for f in out.glob("*/c/*/*")):  # a chunk, in Zarr 3's layout
+            assert p.poll() is None and time.monotonic() < deadline, "no block was written"
+            time.sleep(0.02)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)
         time.sleep(2.0)  # anything still running on the cluster would have written by now

@@ -71,6 +71,16 @@ def test_trained_in_one_go_it_finds_the_objects_of_another_image(trained):
     assert scores["mAP@0.5"] > 0.9 and scores["recall"] == 1.0, scores
 
 
+def test_its_objects_are_never_suppressed_as_duplicates_and_a_network_s_are(trained):
+    det, _ = trained
+    # Two objects whose boxes overlap at IoU 0.6: disjoint regions of the forest, two objects;
+    # a network's two candidates there are one object found twice.
+    cands = BoxTable(np.array([[0, 0, 10, 10], [0, 2, 10, 12]], np.float32), np.array([1, 1]), ["bright", "dim"],
+                     np.array([0.9, 0.8], np.float32))
+    assert len(det.select(cands, 0.3, 0.5)) == 2 and len(det.select(cands, 0.85, 0.5)) == 1
+    assert len(Detector("centernet").select(cands, 0.3, 0.5)) == 1
+
+
 def test_save_load_predicts_the_same_and_damage_is_refused(trained, tmp_path):
     det, _ = trained
     image = blobs(3)[0]

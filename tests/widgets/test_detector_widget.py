@@ -228,12 +228,18 @@ def test_auto_chooses_the_forest_which_trains_in_one_go_and_loads_back(qtbot, dr
     w, boxes, truth = drawn
     viewer = w.viewer
     w.settings_form.set_value("arch", "auto")  # the default
+    editors = w.settings_form.editors
+    assert editors["steps"].isEnabled() and not editors["pretrained"].isEnabled()  # auto may choose centernet
     qtbot.mouseClick(w.train_btn, Qt.MouseButton.LeftButton)
     wait_idle(qtbot, w, TIMEOUT_MS)
     assert w.last_error is None, w.last_error
     status = w.status.text()
     assert status.startswith("Forest trained in") and "kept a forest of 50 trees" in status, status
     assert "Predicted cells" in status and "steps" not in status
+    # The forest's objects are separate regions: none is suppressed, and the NMS slider is greyed out.
+    assert not w.review.nms.isEnabled() and w.review.threshold.isEnabled()
+    w.review.threshold.setValue(w.review.threshold.value() + 5)
+    qtbot.waitUntil(lambda: w.status.text().startswith("Showing boxes with score >= 0.35:"), timeout=5000)
     out = viewer.layers["cells detections"]
     assert out.nshapes > len(truth) // 2 and set(out.features["class"]) == {"object"}
     assert viewer.layers.selection.active is boxes and len(boxes.data) == len(truth)
@@ -242,3 +248,7 @@ def test_auto_chooses_the_forest_which_trains_in_one_go_and_loads_back(qtbot, dr
     other = _dock(viewer, arch="auto")
     assert other.load_model(path) is not None and other.last_error is None
     assert other.settings_form.values()["arch"] == "forest" and "forest detector" in other.status.text()
+    assert not other.settings_form.editors["steps"].isEnabled() and not other.review.nms.isEnabled()
+    other.settings_form.set_value("arch", "centernet")
+    editors = other.settings_form.editors
+    assert editors["steps"].isEnabled() and not editors["pretrained"].isEnabled()

@@ -117,6 +117,11 @@ def _main(argv) -> int:
         print(f"dlvision: error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
+        import warnings
+
+        # An interrupt inside zarr's event loop leaves a coroutine never awaited,
+        # whose RuntimeWarning would print under our line at exit.
+        warnings.simplefilter("ignore")
         how, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
         print(f"dlvision: {how}; no partial output was left behind", file=sys.stderr)
         return code

@@ -36,7 +36,6 @@ def run(args, kind):
     from ..core.box_metrics import evaluate_boxes
     from ..core.boxes import BoxTable, clip_to_image
     from ..core.errors import UserInputError
-    from ..dl.detector import select
     from .train_detector import read_image_and_boxes
 
     if args.image is None or args.boxes is None:
@@ -57,7 +56,7 @@ def run(args, kind):
         for note in notes:
             print(f"note: {csv_path.name}: {note}", flush=True)
         cands = model.candidates(image, -1 if has_channels else None)
-        pred = select(cands, 0.0, model.nms_iou)  # mAP ranks every candidate
+        pred = model.select(cands, 0.0, model.nms_iou)  # mAP ranks every candidate
         n = image.shape[0] if table.is_stack else 1
         # Every image (and plane) becomes one plane of a combined stack, so nothing matches across images.
         predicted.append(pred.with_index(0) if not pred.is_stack else pred)

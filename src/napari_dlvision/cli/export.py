@@ -40,6 +40,12 @@ def run(args):
     kind = kinds.kind_of(args.model)
     if not kind.uses_torch:
         raise UserInputError(f"{args.model} is {kind.a_title}, not a network: export is for torch models")
+    if kind.name == "object-detector":
+        from ..core.modelfile import read_metadata
+        from ..dl.detector_archs import FOREST
+
+        if read_metadata(args.model, kinds=(kind.name,)).get("arch") == FOREST:  # refused before torch is imported
+            raise UserInputError("a forest detector is a random forest, not a network: export is for torch models")
     if args.format == "bioimageio" and kind.name not in ("pixel-unet", "denoiser"):
         raise UserInputError(f"bioimage.io export is for U-Net and denoiser models; {args.model} is {kind.a_title}")
     try:

@@ -30,7 +30,7 @@ from ..core.events import Progress
 from ..core.planes import Planes
 from . import centernet
 from .box_sampler import BORDER_FRACTION, BoxAugmentation, BoxPatchSampler
-from .detector import Detector, select
+from .detector import Detector
 from .detector_archs import AUTO, FOREST
 from .devices import pick_device
 from . import distributed
@@ -301,7 +301,8 @@ def validation_scores(detector: Detector, val, channel_axis=None, **kw) -> dict[
     for image, truth, n_planes in val:
         cands = detector.candidates(image, channel_axis, **kw)
         # mAP ranks every candidate; precision and recall count those above the threshold.
-        scores.append(evaluate_boxes(select(cands, 0.0, detector.nms_iou), truth, detector.score_threshold, n_planes))
+        scores.append(evaluate_boxes(detector.select(cands, 0.0, detector.nms_iou), truth, detector.score_threshold,
+                                     n_planes))
     return {"validation mAP@0.5": float(np.nanmean([s["mAP@0.5"] for s in scores])),
             "validation mAP@0.5:0.95": float(np.nanmean([s["mAP@0.5:0.95"] for s in scores]))}
 

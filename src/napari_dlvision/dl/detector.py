@@ -18,6 +18,12 @@ object and keep the boxes centred in their core; non-maximum suppression
 (torchvision.ops) then removes the duplicates. `iter_predict` returns all
 candidates above a low floor, so the score threshold and the NMS IoU can be
 changed afterwards (`select`) without running the network again.
+
+torch is imported only by what runs a network: a forest detector is loaded,
+predicted, evaluated and refused for export without it (the CLI pays no 4-7 s
+of importing torch and torchvision for it). The forest's objects are disjoint
+regions, one candidate each, so its boxes skip non-maximum suppression,
+which could only remove real objects (`Detector.select`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..core import modelfile
 from ..core.boxes import BoxTable
@@ -36,11 +41,7 @@ from ..core.labels import class_names_for
 from ..core.normalisation import Normalisation
 from ..core.planes import Planes, guess_channel_axis
 from ..core.tiling import grid, grow
-from . import centernet
-from .devices import describe, empty_cache, is_out_of_memory, pick_device
-from .tiled import plan_tiles
 from .detector_archs import ARCHS, DEFAULT_ARCH, FOREST, MODEL_ARCHS
-from .tv_detectors import TorchvisionDetector
 
 KIND = "object-detector"
 CANDIDATE_FLOOR = 0.05  # candidates kept for later thresholds (and for mAP)
@@ -52,6 +53,7 @@ FOREST_WORK_BYTES = 16  # per pixel of a plane, beyond it and its probabilities:
 
 def select(candidates: BoxTable, score_threshold: float, nms_iou: float) -> BoxTable:
     """The boxes the user sees: non-maximum suppression per class (and plane), then the threshold."""
+    import torch
     from torchvision.ops import batched_nms
 
     if len(candidates) == 0:
@@ -106,12 +108,13 @@ class Detector:
             # The U-Net must see a whole object from its centre: depth 3 reaches 58 pixels, depth 4 122.
             depth = 3 if biggest <= 80 else (4 if biggest <= 200 else 5)
             self.config = {"depth": depth, "base_channels": self.base_channels, "norm": "batch"}
+            from . import centernet
             from .unet import UNet
 
             self.net = UNet(2, n_channels, n_classes + 4, depth, self.base_channels, "batch")
             centernet.init_head(self.net, n_classes)
         else:
-            from .tv_detectors import pretrained_state
+            from .tv_detectors import TorchvisionDetector, pretrained_state
 
             # Objects of about 32 pixels after scaling suit the feature maps' strides.
             scale = float(min(4.0, max(1.0, round(32 / max(median, 1.0) * 4) / 4)))
@@ -159,10 +162,12 @@ class Detector:
         self.check_channels(1 if channel_axis is None else shape[channel_axis])
 
     # -- prediction -------------------------------------------------------------------
-    def _tile_candidates(self, net, x: torch.Tensor, inner):
+    def _tile_candidates(self, net, x, inner):
         """Candidates of one tile (1, C, h, w) kept in its core: boxes, scores, classes (tile coordinates)."""
         (y0, y1), (x0, x1) = [(s.start, s.stop) for s in inner]
         if self.arch == "centernet":
+            from . import centernet
+
             out = net(x)
             return centernet.decode(out, self.n_classes, CANDIDATE_FLOOR, MAX_CANDIDATES_PER_TILE, ((y0, y1), (x0, x1)))
         det = net(x)[0]
@@ -197,6 +202,11 @@ class Detector:
         if self.arch == FOREST:
             yield from self._iter_forest(planes, self.net if net is None else net)
             return
+        import torch
+
+        from .devices import describe, empty_cache, is_out_of_memory, pick_device
+        from .tiled import plan_tiles
+
         device = pick_device(self.device if device is None else device)
         net = (self.net if net is None else net).to(device)
         was_training = net.training
@@ -252,11 +262,11 @@ class Detector:
     def _iter_forest(self, planes: Planes, forest):
         """iter_predict of the forest detector: a plane's probabilities, then a box per object."""
         from ..core.box_regions import boxes_of_objects, table_of
-        from .devices import check_fits_in_ram
+        from ..core.memory import check_fits_in_ram
 
         h, w = planes.shape
         per_pixel = planes.n_channels * planes.dtype.itemsize + 4 * (self.n_classes + 1) + FOREST_WORK_BYTES
-        check_fits_in_ram("cpu", h * w * per_pixel, f"the forest detector on a {h} x {w} plane (read whole)",
+        check_fits_in_ram(h * w * per_pixel, f"the forest detector on a {h} x {w} plane (read whole)",
                           "choose centernet, which predicts tile by tile")
         found = []
         for p in range(planes.n_planes):
@@ -278,9 +288,15 @@ class Detector:
     def predict_boxes(self, image, channel_axis=None, score_threshold=None, nms_iou=None,
                       on_progress=None) -> BoxTable:
         """Scored boxes of a 2D image (or, with an `index`, of every plane of a stack)."""
-        return select(self.candidates(image, channel_axis, on_progress),
-                      self.score_threshold if score_threshold is None else score_threshold,
-                      self.nms_iou if nms_iou is None else nms_iou)
+        return self.select(self.candidates(image, channel_axis, on_progress),
+                           self.score_threshold if score_threshold is None else score_threshold,
+                           self.nms_iou if nms_iou is None else nms_iou)
+
+    def select(self, candidates: BoxTable, score_threshold: float, nms_iou: float) -> BoxTable:
+        """`select` for this detector's candidates: the forest's are disjoint objects, never suppressed."""
+        if self.arch == FOREST:
+            return candidates.above(score_threshold)
+        return select(candidates, score_threshold, nms_iou)
 
     def predict_outputs(self, image, channel_axis=None, spacing=None, wanted=("boxes",), score_threshold=None,
                         nms_iou=None, on_progress=None, **_):
@@ -312,8 +328,6 @@ class Detector:
 
     @classmethod
     def load(cls, path, device: str = "auto") -> Detector:
-        from .weights import load_weights_into
-
         meta, arrays, extra = modelfile.load(path, kinds=(KIND,))
         field = modelfile.field
         with modelfile.refused_if_damaged(path, "detector model"):
@@ -346,6 +360,8 @@ class Detector:
                 if net_arch.get("name") != arch or net_arch.get("n_classes") != n_classes \
                         or net_arch.get("in_channels") != n_channels:
                     raise ValueError("architecture does not match the detector's arch, channels or classes")
+                from .tv_detectors import TorchvisionDetector
+
                 net = TorchvisionDetector(arch, n_classes, n_channels, scale, None)
                 largest = config.get("largest_object", 64)
                 if not isinstance(largest, (int, float)) or not 0 < largest < 1e5:
@@ -357,6 +373,8 @@ class Detector:
             self.class_names = class_names_for(names, n_classes)
             self.training = field(meta, "training", dict, optional=True, default={})
             self.metrics = field(meta, "metrics", dict, optional=True, default={})
+        from .weights import load_weights_into
+
         load_weights_into(self.net, extra, path, "detector model")
         return self
 
@@ -380,4 +398,6 @@ class Detector:
     def describe_device(self) -> str:
         if self.arch == FOREST:
             return "CPU (random forest)"
+        from .devices import describe, pick_device
+
         return describe(pick_device(self.device))

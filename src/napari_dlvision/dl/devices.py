@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from ..core import memory
 from ..core.errors import UserInputError
 
 CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -91,34 +92,11 @@ def free_memory(device: torch.device | str) -> int | None:
     return None
 
 
-def host_available_memory() -> int | None:
-    """Memory the system can still give this process, in bytes (None where unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def check_fits_in_ram(device, needed: int, what: str, smaller: str) -> None:
-    """Refuse work on the CPU that would not fit in RAM.
-
-    On a GPU running out of memory raises an exception we recover from; on
-    the CPU the kernel kills the process without a word, so ask first.
-    """
-    if torch.device(device).type != "cpu":
-        return
-    available = host_available_memory()
-    if available is not None and needed > 0.8 * available:
-        raise UserInputError(
-            f"{what} needs about {needed / 2**30:.1f} GiB but this machine has "
-            f"{available / 2**30:.1f} GiB available; {smaller}")
+    """Refuse work on the CPU that would not fit in RAM (core.memory). On a GPU
+    running out of memory raises an exception we recover from."""
+    if torch.device(device).type == "cpu":
+        memory.check_fits_in_ram(needed, what, smaller)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

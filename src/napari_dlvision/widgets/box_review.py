@@ -69,6 +69,11 @@ class BoxReview(QGroupBox):
     def values(self) -> tuple[float, float]:
         return self.threshold.value() / 100, self.nms.value() / 100
 
+    def set_suppression(self, on: bool):
+        """The forest detector's objects are disjoint regions, never suppressed: its slider is greyed out."""
+        self.nms.setEnabled(on)
+        self.nms.setToolTip("" if on else "The forest detector's objects are separate regions: none is suppressed")
+
     def set_values(self, threshold: float, nms_iou: float):
         self.threshold.setValue(int(round(100 * threshold)))
         self.nms.setValue(int(round(100 * nms_iou)))
@@ -80,19 +85,20 @@ class BoxReview(QGroupBox):
         self.timer.start(DEBOUNCE_MS)
 
     # -- layers ---------------------------------------------------------------
-    def show(self, key: str, image, candidates, keep_selected=None):
-        """Keep an image's candidates and show the selected boxes in layer `key`."""
-        self.shown[key] = (image, candidates)
+    def show(self, key: str, image, candidates, select, keep_selected=None):
+        """Keep an image's candidates and show the selected boxes in layer `key`.
+
+        select(candidates, score threshold, NMS IoU): the selection of the
+        detector that found them (Detector.select; torch is loaded in its worker)."""
+        self.shown[key] = (image, candidates, select)
         return self._draw(key, keep_selected)
 
     def selected(self, key: str):
-        from ..dl.detector import select  # torch is loaded: candidates come from a worker
-
-        image, cands = self.shown[key]
+        image, cands, select = self.shown[key]
         return select(cands, *self.values())
 
     def _draw(self, key, keep_selected=None):
-        image, _ = self.shown[key]
+        image = self.shown[key][0]
         table = self.selected(key)
         layer = show_boxes(self.owner.viewer, key, table, image, keep_selected)
         return layer, table
@@ -100,7 +106,7 @@ class BoxReview(QGroupBox):
     def refresh(self):
         """Re-select every shown image's boxes with the current slider values."""
         viewer = self.owner.viewer
-        for key, (image, _) in list(self.shown.items()):
+        for key, (image, *_) in list(self.shown.items()):
             if image not in viewer.layers:
                 del self.shown[key]
                 continue
@@ -108,11 +114,12 @@ class BoxReview(QGroupBox):
         if self.scores is not None:
             self.evaluate(*self.scores["args"])
         if self.shown:
-            self.owner.say(f"Showing boxes with score >= {self.values()[0]:.2f} after NMS at IoU "
-                           f"{self.values()[1]:.2f}: {self._counts()}")
+            t, n = self.values()
+            nms = f" after NMS at IoU {n:.2f}" if self.nms.isEnabled() else ""
+            self.owner.say(f"Showing boxes with score >= {t:.2f}{nms}: {self._counts()}")
 
     def _counts(self) -> str:
-        return ", ".join(f"{len(self.selected(k))} on {img.name}" for k, (img, _) in self.shown.items())
+        return ", ".join(f"{len(self.selected(k))} on {img.name}" for k, (img, *_) in self.shown.items())
 
     def accept_into(self, layer, image, names, key) -> int:
         if key not in self.shown:
@@ -122,9 +129,7 @@ class BoxReview(QGroupBox):
     # -- scores ---------------------------------------------------------------
     def evaluate(self, key, gt_layer, names):
         """Score the shown candidates of `key` against the ground-truth layer; shows and returns the figures."""
-        from ..dl.detector import select
-
-        image, cands = self.shown[key]
+        image, cands, select = self.shown[key]
         truth, _, _ = boxes_from_layer(gt_layer, image, names)
         n_planes = image.data.shape[0] if truth.is_stack else None
         t, n = self.values()

@@ -16,7 +16,7 @@ from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton
 
 from ..core.errors import UserInputError
-from ..dl.detector_archs import ARCHS, DEFAULT_ARCH, PRETRAINED
+from ..dl.detector_archs import ARCHS, DEFAULT_ARCH, FOREST, PRETRAINED, TORCHVISION_ARCHS
 from .base import ModelWidget
 from .box_layers import box_counts, boxes_from_layer, choose_class, new_boxes_layer
 from .box_review import BoxReview
@@ -47,6 +47,9 @@ FIELDS = [
           tooltip="auto: CUDA, then Apple MPS, then CPU"),
     Field("preview_every", "Preview every", 50, 0, 100_000, 10, special="only at the end"),
 ]
+# What only a network uses: greyed out when the forest is chosen (empty_planes applies to both).
+NETWORK_KEYS = ("steps", "patch_size", "batch_size", "lr", "flips", "rot90", "scale", "intensity", "device",
+                "preview_every")
 TRAIN_KEYS = ("steps", "patch_size", "batch_size", "lr", "flips", "rot90", "scale", "intensity", "empty_planes",
               "device", "preview_every")
 
@@ -129,6 +132,8 @@ class DetectorWidget(ModelWidget):
         self.class_table.table.currentCellChanged.connect(self._class_chosen)
         lay.addWidget(self.class_table)
         self.settings_form = SettingsForm("Training", FIELDS)
+        self.settings_form.editors["arch"].currentTextChanged.connect(self._arch_chosen)
+        self._arch_chosen(DEFAULT_ARCH)
         lay.addWidget(self.settings_form)
         self.panel = RunPanel([("Train", lambda: self.train(False)), ("Continue training", lambda: self.train(True))],
                               self.stop, plot=True, hint="Draw boxes around objects (New), then Train.")
@@ -245,17 +250,25 @@ class DetectorWidget(ModelWidget):
         truth, _, _ = boxes_from_layer(gt, image, names)
         return [(data, truth)]
 
+    def _arch_chosen(self, arch: str):
+        """Grey out what the chosen architecture does not use (auto may still choose a network)."""
+        self.settings_form.enable(NETWORK_KEYS, arch != FOREST)
+        self.settings_form.enable(("pretrained",), arch in TORCHVISION_ARCHS)
+
     def _on_train_event(self, ev, job):
         self.show_training_step(ev, job.context["offset"])
         preview = ev.payload.get("preview") if isinstance(ev.payload, dict) else None
         if preview is not None and job.context["image"] in self.viewer.layers:
-            self._show(job.context["image"], preview)
+            det = job.context["holder"]["detector"]  # set before training; auto's choice made before any preview
+            self.review.set_suppression(det.arch != FOREST)
+            self._show(job.context["image"], preview, det)
 
     def _on_train_end(self, job):
         det = job.context["holder"].get("detector")
         if det is None or det.net is None or job.error is not None:
             return
         self.model = det
+        self.review.set_suppression(det.arch != FOREST)
         self.class_table.set_names(det.class_names + self.class_table.names()[len(det.class_names):])
         t = det.training
         if t.get("notes"):  # boxes clipped or dropped, planes skipped: the status line moved on long ago
@@ -266,8 +279,10 @@ class DetectorWidget(ModelWidget):
     def _key(self, image) -> str:
         return f"{image.name} detections"
 
-    def _show(self, image, candidates):
-        return self.review.show(self._key(image), image, candidates, keep_selected=self.boxes_picker.value)
+    def _show(self, image, candidates, model=None):
+        """Show candidates found by `model` (the widget's model unless given)."""
+        return self.review.show(self._key(image), image, candidates, (model or self.model).select,
+                                keep_selected=self.boxes_picker.value)
 
     def predict_layer(self, image, note: str = "", then=None):
         if self.busy():
@@ -324,6 +339,7 @@ class DetectorWidget(ModelWidget):
         self.class_table.set_names(det.class_names + self.class_table.names()[len(det.class_names):])
         self.settings_form.set_value("arch", det.arch)
         self.review.set_values(det.score_threshold, det.nms_iou)
+        self.review.set_suppression(det.arch != FOREST)
         self.plot.clear()
         self.say(f"Loaded {path.name}: {det.arch} detector, classes {', '.join(det.class_names)}, "
                  f"trained {det.training.get('steps_total', '?')} steps.")

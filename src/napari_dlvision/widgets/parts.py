@@ -381,6 +381,12 @@ class SettingsForm(QGroupBox):
                 out[name] = w.value()
         return out
 
+    def enable(self, names, on: bool):
+        """Enable or grey out these fields, their labels with them."""
+        for name in names:
+            self.editors[name].setEnabled(on)
+            self.form.labelForField(self.editors[name]).setEnabled(on)
+
     def set_value(self, name: str, value):
         w = self.editors[name]
         if isinstance(w, QComboBox):
