@@ -152,7 +152,7 @@ def run_net(arch, train, test, stack, seed, time_limit, steps, device):
     import torch
 
     from napari_dlvision.dl.detect_train import DetectSettings, train_detector
-    from napari_dlvision.dl.detector import Detector, select
+    from napari_dlvision.dl.detector import Detector
 
     (tr_img, tr_boxes), (te_img, te_boxes) = train, test
     det = Detector(arch, pretrained="none", device=device)
@@ -166,7 +166,7 @@ def run_net(arch, train, test, stack, seed, time_limit, steps, device):
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
     pred_s = time.perf_counter() - t0
-    scores = evaluate_boxes(select(cands, 0.0, det.nms_iou), te_boxes, det.score_threshold, _planes(te_img, stack))
+    scores = evaluate_boxes(det.select(cands, 0.0, det.nms_iou), te_boxes, det.score_threshold, _planes(te_img, stack))
     return {"train_s": train_s, "train_cpu_s": train_cpu, "steps": det.training["steps"], "predict_s": pred_s,
             "kept": det.training["kept"], **scores}, det
 

@@ -12,6 +12,15 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     _given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0]  # OpenMP allows a list per nesting level
     os.environ["OMP_NUM_THREADS"] = str(min(_share, int(_given)) if _given.isdigit() and int(_given) > 0 else _share)
 
+# A suite started in the background by a shell without job control (`make test &`,
+# nohup, some CI runners) inherits Ctrl-C ignored, and so do the CLI subprocesses:
+# the tests that send one saw the run finish with exit 0. Users press Ctrl-C in a
+# foreground terminal, where it is not ignored; the tests run as that.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

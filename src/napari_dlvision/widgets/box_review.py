@@ -31,7 +31,7 @@ class BoxReview(QGroupBox):
     def __init__(self, owner, gt_picker):
         super().__init__("Predicted boxes")
         self.owner, self.gt_picker = owner, gt_picker
-        self.shown: dict[str, tuple] = {}  # output layer key -> (image layer, candidates)
+        self.shown: dict[str, tuple] = {}  # output layer key -> (image layer, candidates, their select)
         self.scores: dict | None = None  # last evaluation, kept fresh when the threshold moves
         form = QFormLayout(self)
         self.threshold = _slider(0.3)
