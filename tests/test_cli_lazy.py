@@ -311,7 +311,7 @@ def test_memory_stays_flat_for_a_zarr_image_much_larger_than_a_block(files, tmp_
             src[y:y + 512] = np.tile(tile, (2, side // 256))
         r = subprocess.run([sys.executable, "-c", PEAK_RSS, "predict", "--model", files / "rf.dlv",
                             "--image", tmp_path / f"in{side}.zarr", "--out", tmp_path / f"seg{side}.zarr",
-                            "--probabilities", tmp_path / f"p{side}.zarr", "--chunk", "256", "--workers", "2"],
+                            "--probabilities", tmp_path / f"p{side}.zarr", "--chunk", "512", "--workers", "2"],
                            capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stderr
         peaks[side] = int(r.stdout.split("peak")[-1])
