@@ -28,6 +28,25 @@ def test_napari_with_plugin_docked_does_not_import_torch():
     assert r.stdout.strip().endswith("3")
 
 
+def test_training_inputs_are_refused_before_torch_is_imported(tmp_path):
+    """A missing CSV or a 1D image is told in a fraction of a second, not after 4-7 s of importing torch."""
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((32, 32), np.uint16))
+    tifffile.imwrite(tmp_path / "line.tif", np.arange(64, dtype=np.uint16))
+    for argv, words in (
+            (["train", "detector", "--image", tmp_path / "img.tif", "--boxes", tmp_path / "none.csv"], "not found"),
+            (["train", "denoiser", "--image", tmp_path / "line.tif"], "2D or 3D")):
+        argv = [str(a) for a in argv] + ["--out", str(tmp_path / "m.dlv")]
+        r = _run("import sys\n"
+                 "from napari_dlvision.cli import main\n"
+                 f"code = main({argv!r})\n"
+                 "assert 'torch' not in sys.modules, 'torch was imported'\n"
+                 "sys.exit(code)\n")
+        assert r.returncode == 1 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_image_classifier_docks_without_torch():
     r = _run(
         "import sys, numpy as np, napari\n"
