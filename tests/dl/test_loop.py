@@ -8,7 +8,8 @@ import torch
 
 from napari_dlvision.core.errors import UserInputError
 from napari_dlvision.dl.devices import describe, pick_device
-from napari_dlvision.dl.loop import FitSettings, fit
+from napari_dlvision.dl.loop import fit
+from napari_dlvision.dl.settings import FitSettings
 
 
 def _problem(seed=0):

@@ -224,6 +224,33 @@ def test_docking_the_detector_does_not_import_torch():
     assert r.returncode == 0, r.stderr
 
 
+def test_the_forest_trains_predicts_and_loads_in_the_dock_without_torch(tmp_path):
+    """The default (auto) chooses the forest for nuclei apart: no 4-7 s of importing torch before it trains."""
+    code = ("import sys, time, numpy as np, napari\n"
+            "from qtpy.QtWidgets import QApplication\n"
+            "from napari_dlvision.core.boxes import boxes_from_labels, boxes_to_rectangles\n"
+            "from napari_dlvision.data.synthetic import nuclei\n"
+            "s = nuclei((128, 128), radius=(6.0, 9.0), seed=3)\n"
+            "v = napari.Viewer(show=False)\n"
+            "v.add_image(s.image, name='cells')\n"
+            "v.add_shapes(np.asarray(boxes_to_rectangles(boxes_from_labels(s.instances))), shape_type='rectangle',"
+            " name='boxes')\n"
+            "_, w = v.window.add_plugin_dock_widget('napari-dlvision', 'Object detector (boxes)')\n"
+            "app = QApplication.instance()\n"
+            "def settle(t0=time.monotonic()):\n"
+            "    while w.runner.busy and time.monotonic() - t0 < 120:\n"
+            "        app.processEvents(); time.sleep(0.01)\n"
+            "w.train(); settle()\n"
+            "assert w.model.arch == 'forest' and 'Predicted cells' in w.status.text(), w.status.text()\n"
+            f"w.save_model({str(tmp_path / 'f.dlv')!r}); w.load_model({str(tmp_path / 'f.dlv')!r}); settle()\n"
+            "w.predict_layer(v.layers['cells']); settle()\n"
+            "assert w.last_error is None and 'Predicted cells' in w.status.text(), w.status.text()\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "v.close()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_auto_chooses_the_forest_which_trains_in_one_go_and_loads_back(qtbot, drawn, tmp_path):
     w, boxes, truth = drawn
     viewer = w.viewer

@@ -110,9 +110,11 @@ def model_path(text: str) -> Path:
 def save_trained(model, path) -> None:
     """Write the trained model; under torchrun only rank 0 writes, once every
     rank is shown to hold the same weights."""
-    from ..dl import distributed
+    from ..dl.process_group import ranks_train_together
 
-    if distributed.active():
+    if ranks_train_together():  # a forest detector trains and saves without importing torch
+        from ..dl import distributed
+
         if not distributed.check_identical(model.net):
             from ..core.errors import UserInputError
 

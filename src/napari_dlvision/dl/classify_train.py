@@ -30,7 +30,8 @@ from .classify import ImageClassifier
 from .classify_nets import AUGMENTED, n_parameters
 from .devices import pick_device
 from .distributed import data_seed, world_size
-from .loop import FitSettings, fit
+from .loop import fit
+from .settings import FitSettings
 
 # Per architecture: optimiser, learning rate, weight decay, batch, epochs, label smoothing, schedule.
 # The course's pixel models use Adam without augmentation; the convolutional

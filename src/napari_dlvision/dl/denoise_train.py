@@ -32,7 +32,8 @@ from .blind_spot import blind_spot_batch, check_settings
 from .denoise import Denoiser
 from .devices import free_memory, pick_device
 from .distributed import data_seed
-from .loop import KindSettings, fit
+from .loop import fit
+from .settings import KindSettings
 
 DEFAULT_PATCH = {2: 64, 3: 32}
 

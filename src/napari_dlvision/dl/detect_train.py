@@ -11,7 +11,9 @@ first image's boxes. `dl.loop.fit` does the rest: optimiser, schedule,
 EMA, out-of-memory, time limit, Stop, and which weights are kept. Calling
 it again on the same detector continues from its weights. The "forest"
 detector has no network: `train_forest` fits it in one go instead (and
-fits it anew on Continue, on all the boxes).
+fits it anew on Continue, on all the boxes) without importing torch: the
+default (auto) often chooses it, and torch with torchvision takes 4-7 s
+to import on a CPU.
 """
 
 from __future__ import annotations
@@ -21,21 +23,17 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..core.box_metrics import evaluate_boxes
 from ..core.boxes import BoxTable, clip_to_image
 from ..core.errors import UserInputError
 from ..core.events import Progress
 from ..core.planes import Planes
-from . import centernet
 from .box_sampler import BORDER_FRACTION, BoxAugmentation, BoxPatchSampler
 from .detector import Detector
 from .detector_archs import AUTO, FOREST
-from .devices import pick_device
-from . import distributed
-from .distributed import data_seed
-from .loop import FitSettings, KindSettings, fit
+from .process_group import ranks_train_together
+from .settings import FitSettings, KindSettings
 
 EMPTY_PLANES = ("skip", "negative")
 
@@ -190,7 +188,7 @@ def auto_batch(patch: int, arch: str) -> int:
 
 # -- training -----------------------------------------------------------------------------
 def train_detector(detector: Detector, images, boxes, settings: DetectSettings | None = None, validation=None,
-                   channel_axis=None):
+                   channel_axis=None, prepare_network=None):
     """Train (or continue training) `detector`; a generator of core.events.Progress.
 
     `images`: an image or a list (2D grey or colour, or stacks of 2D planes);
@@ -199,7 +197,9 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
     those of the best validation mAP@0.5. Preview payloads hold the first
     image's candidate boxes ({"preview": BoxTable}); the last event's payload
     the report. Close the generator to stop; the kept weights are in the
-    detector either way.
+    detector either way. `prepare_network()`, if given, is called before a
+    network's modules (torch) are imported, once the architecture is known:
+    the widget imports torch its own way there. The forest imports none.
     """
     settings = settings or DetectSettings()
     settings.check()
@@ -209,12 +209,21 @@ def train_detector(detector: Detector, images, boxes, settings: DetectSettings |
         planes = resolve_auto(detector, planes, targets, names, notes)
     val = prepare_validation(detector, validation, channel_axis)
     if detector.arch == FOREST:
-        if distributed.active():
+        if ranks_train_together():
             raise UserInputError("the forest detector trains in one process: run it without torchrun, "
                                  "or choose centernet")
         yield from train_forest(detector, images, planes, targets, names, n_channels, notes, settings, val,
                                 channel_axis)
         return
+    if prepare_network is not None:
+        prepare_network()
+    import torch
+
+    from . import centernet
+    from .devices import pick_device
+    from .distributed import data_seed
+    from .loop import fit
+
     device = pick_device(settings.device)
     rng = np.random.default_rng(data_seed(settings.seed))  # each torchrun rank its own patches
     torch.manual_seed(settings.seed)
@@ -284,7 +293,7 @@ def resolve_auto(detector: Detector, planes, targets, names, notes: list) -> lis
     in `notes`, and give back the planes as that architecture learns them (centernet: normalised)."""
     from ..core.box_regions import choose_arch, strokes_from_boxes
 
-    if distributed.active():  # ranks that train together are for a network
+    if ranks_train_together():  # ranks that train together are for a network
         detector.arch, why = "centernet", "auto chose centernet (training across ranks with torchrun)"
     else:
         labels = [strokes_from_boxes(p.shape[1:], b, c, sample=False) for p, (b, c) in zip(planes, targets)]

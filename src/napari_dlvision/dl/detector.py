@@ -318,12 +318,12 @@ class Detector:
         }
 
     def save(self, path) -> Path:
-        from .weights import save_model_with_weights
-
         if self.arch == FOREST:
             if self.net is None:
                 raise UserInputError("train the detector before saving it")
             return modelfile.save(path, self.metadata(), self.net.ensemble.arrays)
+        from .weights import save_model_with_weights
+
         return save_model_with_weights(path, self, "detector")
 
     @classmethod

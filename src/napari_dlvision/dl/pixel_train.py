@@ -28,7 +28,8 @@ from ..core.metrics import iou
 from .augment import Augmentation, patch_edges
 from .devices import check_fits_in_ram, free_memory, pick_device
 from .distributed import data_seed
-from .loop import KindSettings, fit
+from .loop import fit
+from .settings import KindSettings
 from .segmenter import UNetSegmenter
 from .targets import IGNORE, balanced_weights, class_counts, dense_targets, sparse_targets
 

@@ -56,7 +56,7 @@ TRAIN_KEYS = ("steps", "patch_size", "batch_size", "lr", "flips", "rot90", "scal
 
 def _import_in_worker():
     """torch, and torchvision's NMS that the review's sliders run on the main thread: a first import
-    there stalled the viewer 0.38 s (the forest detector's training imports nothing of torchvision)."""
+    there stalled the viewer 0.38 s. Called only for networks: the forest detector imports neither."""
     from .torch_import import import_torch
 
     import_torch()
@@ -64,8 +64,8 @@ def _import_in_worker():
 
 
 def _train_job(holder, resume_from, arch, pretrained, device, data, axis, boxes, names, settings_kw, validation):
-    """The worker's side: import torch there, convert instance labels, build or reuse the detector, train."""
-    _import_in_worker()
+    """The worker's side: convert instance labels, build or reuse the detector, train; torch is imported
+    there once a network is chosen (the forest trains without it)."""
     from ..core.boxes import boxes_from_labels
     from ..dl.detect_train import DetectSettings, train_detector
     from ..dl.detector import Detector
@@ -74,11 +74,13 @@ def _train_job(holder, resume_from, arch, pretrained, device, data, axis, boxes,
         boxes = boxes_from_labels(boxes, boxes.ndim == 3, names[0])
     det = resume_from or Detector(arch, class_names=names, pretrained=pretrained, device=device)
     holder["detector"] = det
-    yield from train_detector(det, data, boxes, DetectSettings(**settings_kw), validation, channel_axis=axis)
+    yield from train_detector(det, data, boxes, DetectSettings(**settings_kw), validation, channel_axis=axis,
+                              prepare_network=_import_in_worker)
 
 
 def _predict_job(model, data, axis):
-    _import_in_worker()
+    if model.arch != FOREST:
+        _import_in_worker()
     yield from model.iter_predict(data, axis)
 
 
@@ -330,9 +332,16 @@ class DetectorWidget(ModelWidget):
         return self.predict_layer(image, then=score)
 
     def load_model(self, path):
+        from ..core.errors import ModelFileError
+        from ..core.modelfile import read_metadata
         from .torch_import import import_torch
 
-        import_torch()  # loading builds the network: torch without triton (see torch_import)
+        try:
+            forest = read_metadata(path).get("arch") == FOREST
+        except (ModelFileError, OSError):
+            forest = False  # the loader below says what is wrong with the file, as for any model
+        if not forest:
+            import_torch()  # loading builds the network: torch without triton (see torch_import)
         return super().load_model(path)
 
     def on_model_loaded(self, det, path):
