@@ -5,17 +5,10 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage as ndi
 
 from napari_dlvision.data.synthetic import nuclei
-from napari_dlvision.widgets.torch_import import import_torch
-
-# torch as the plugin imports it in napari, before any viewer of this worker draws: its
-# first look for triton (whose LLVM segfaults on Mesa's llvmpipe once a viewer has drawn)
-# is answered "absent" here. A test importing torchvision after a widget test had drawn,
-# with no network trained before it in that worker, crashed the worker.
-import_torch()
-import torch  # noqa: E402
 
 if "PYTEST_XDIST_WORKER" not in os.environ:  # workers have their share from tests/conftest.py
     torch.set_num_threads(2)
