@@ -264,6 +264,7 @@ class DetectorWidget(ModelWidget):
             det = job.context["holder"]["detector"]  # set before training; auto's choice made before any preview
             self.review.set_suppression(det.arch != FOREST)
             self._show(job.context["image"], preview, det)
+            job.context["previewed"] = ev.stage == "done"
 
     def _on_train_end(self, job):
         det = job.context["holder"].get("detector")
@@ -275,7 +276,12 @@ class DetectorWidget(ModelWidget):
         t = det.training
         if t.get("notes"):  # boxes clipped or dropped, planes skipped: the status line moved on long ago
             show_info("Detector training: " + "; ".join(t["notes"]))
-        self.training_ended(t, job.context["image"])
+        image = job.context["image"]
+        if det.arch == FOREST and job.context.get("previewed") and image in self.viewer.layers:
+            # The forest's last preview is the trained forest's prediction of this image: not predicted again.
+            n, threshold = len(self.review.selected(self._key(image))), self.review.values()[0]
+            return self.say(f"{self.training_note(t)}Predicted {image.name}: {n} boxes with score >= {threshold:.2f}.")
+        self.training_ended(t, image)
 
     # -- prediction and review ---------------------------------------------------------
     def _key(self, image) -> str:
