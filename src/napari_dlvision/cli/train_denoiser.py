@@ -134,6 +134,17 @@ def read_noisy(files, others, channel_axis, frames: bool, model=None):
     return images, extra, (None if layouts == {None} else -1)
 
 
+def _continued(path, mode: str, device: str):
+    """The denoiser of --init, trained the same way (`mode`) as asked now."""
+    from ..core.errors import UserInputError
+    from ..dl.denoise import Denoiser
+
+    model = Denoiser.load(path, device=device)
+    if model.mode != mode:
+        raise UserInputError(f"{path} was trained with {model.title}; continue it the same way")
+    return model
+
+
 def run(args):
     from ..core.errors import UserInputError
 
@@ -142,13 +153,7 @@ def run(args):
     files, matched = _expand(args.image, others, "pair" if args.pair else "target")
     check_outputs(files + matched + [args.init], [args.out])
 
-    model = None
-    if args.init is not None:
-        from ..dl.denoise import Denoiser
-
-        model = Denoiser.load(args.init, device=args.device)
-        if model.mode != mode:
-            raise UserInputError(f"{args.init} was trained with {model.title}; continue it the same way")
+    model = _continued(args.init, mode, args.device) if args.init is not None else None
     # Read (and refuse) the images before importing torch: a wrong file is told in a fraction of a second, not 4-5.
     images, extra, axis = read_noisy(files, matched, args.channel_axis, args.frames, model)
     from ..dl.denoise import Denoiser
