@@ -120,6 +120,10 @@ def test_bad_inputs_give_one_line(files, n2v_model, tmp_path):
                                                               "--out", tmp_path / "m.dlv", *FAST))
     assert "needs 2D or 3D frames" in one_line_error(dlvision("train", "denoiser", "--image", tmp_path / "flat.tif",
                                                               "--frames", "--out", tmp_path / "m.dlv", *FAST))
+    # Continuing keeps the way a denoiser was trained.
+    assert "continue it the same way" in one_line_error(dlvision("train", "denoiser", "--image", d / "a.tif",
+                                                                 "--pair", d / "b.tif", "--init", n2v_model,
+                                                                 "--out", tmp_path / "m.dlv", *FAST))
     assert not (tmp_path / "m.dlv").exists()
 
 
