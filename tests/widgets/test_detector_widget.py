@@ -264,7 +264,7 @@ def test_auto_chooses_the_forest_which_trains_in_one_go_and_loads_back(qtbot, dr
     assert status.startswith("Forest trained in") and "kept a forest of 50 trees" in status, status
     assert "Predicted cells" in status and "steps" not in status
     # The forest's objects are separate regions: none is suppressed, and the NMS slider is greyed out.
-    assert not w.review.nms.isEnabled() and w.review.threshold.isEnabled()
+    assert not w.review.nms.isEnabled() and not w.review.nms_title.isEnabled() and w.review.threshold.isEnabled()
     w.review.threshold.setValue(w.review.threshold.value() + 5)
     qtbot.waitUntil(lambda: w.status.text().startswith("Showing boxes with score >= 0.35:"), timeout=5000)
     out = viewer.layers["cells detections"]

@@ -44,6 +44,7 @@ class BoxReview(QGroupBox):
             row.addWidget(label)
             form.addRow(text, row)
             slider.valueChanged.connect(self._moved)
+        self.nms_title = form.labelForField(row)  # the last row: NMS IoU
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
         self.timer.timeout.connect(self.refresh)
@@ -71,8 +72,10 @@ class BoxReview(QGroupBox):
 
     def set_suppression(self, on: bool):
         """The forest detector's objects are disjoint regions, never suppressed: its slider is greyed out."""
-        self.nms.setEnabled(on)
-        self.nms.setToolTip("" if on else "The forest detector's objects are separate regions: none is suppressed")
+        tip = "" if on else "The forest detector's objects are separate regions: none is suppressed"
+        for w in (self.nms, self.nms_label, self.nms_title):  # napari's style hardly greys a disabled slider
+            w.setEnabled(on)
+            w.setToolTip(tip)
 
     def set_values(self, threshold: float, nms_iou: float):
         self.threshold.setValue(int(round(100 * threshold)))
