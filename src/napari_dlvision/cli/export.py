@@ -42,10 +42,10 @@ def run(args):
         raise UserInputError(f"{args.model} is {kind.a_title}, not a network: export is for torch models")
     if kind.name == "object-detector":
         from ..core.modelfile import read_metadata
-        from ..dl.detector_archs import FOREST
+        from ..dl.detector_archs import FOREST, NOT_EXPORTED
 
         if read_metadata(args.model, kinds=(kind.name,)).get("arch") == FOREST:  # refused before torch is imported
-            raise UserInputError("a forest detector is a random forest, not a network: export is for torch models")
+            raise UserInputError(NOT_EXPORTED)
     if args.format == "bioimageio" and kind.name not in ("pixel-unet", "denoiser"):
         raise UserInputError(f"bioimage.io export is for U-Net and denoiser models; {args.model} is {kind.a_title}")
     try:

@@ -10,3 +10,4 @@ MODEL_ARCHS = ("centernet", FOREST) + TORCHVISION_ARCHS
 ARCHS = (AUTO,) + MODEL_ARCHS
 DEFAULT_ARCH = AUTO
 PRETRAINED = ("none", "cache", "download")
+NOT_EXPORTED = "a forest detector is a random forest, not a network: export is for torch models"

@@ -30,7 +30,7 @@ import torch
 
 from ..core.errors import UserInputError
 from ..core.io import atomic_output
-from .detector_archs import FOREST
+from .detector_archs import FOREST, NOT_EXPORTED
 
 TOLERANCE = 1e-4  # largest |onnxruntime - torch| accepted, in the network's output units
 METADATA_KEY = "napari_dlvision"
@@ -41,7 +41,7 @@ def input_spec(model) -> tuple[tuple[int, ...], bool, int]:
     if model.net is None:
         raise UserInputError("the model has no trained network to export")
     if getattr(model, "arch", None) == FOREST:
-        raise UserInputError("a forest detector is a random forest, not a network: export is for torch models")
+        raise UserInputError(NOT_EXPORTED)
     kind = model.metadata()["kind"]
     if kind == "image-classifier":
         return (2, model.n_channels, *model.size), False, 1
