@@ -154,6 +154,22 @@ def test_mask_lookup_ignores_other_files(tmp_path):
     assert mask_for("a.tif", tmp_path).name == "a.png"
 
 
+def test_a_finished_command_skips_the_teardown_but_not_the_atexit_work(tmp_path):
+    # The process ends right after the libraries' atexit hooks (those registered while
+    # the command ran), without Python's teardown; stdout and the exit status survive.
+    script = ("import atexit, sys\n"
+              "from napari_dlvision.cli import main\n"
+              f"atexit.register(lambda: open({str(tmp_path / 'teardown')!r}, 'w').close())\n"
+              f"sys.argv = ['dlvision', 'info', {str(tmp_path / 'missing.dlv')!r}]\n"
+              "print('x' * 100000)\n"  # buffered, not yet written
+              "code = main()\n"
+              f"atexit.register(lambda: open({str(tmp_path / 'hook')!r}, 'w').close())\n"
+              "sys.exit(code)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "model file not found" in r.stderr and r.stdout == "x" * 100000 + "\n"
+    assert (tmp_path / "hook").exists() and not (tmp_path / "teardown").exists()
+
+
 def test_a_ctrl_c_after_the_work_is_done_prints_no_traceback(tmp_path):
     # Once the command has finished, a Ctrl-C during the interpreter's teardown
     # printed a KeyboardInterrupt traceback from torch's finalisers under exit 0.

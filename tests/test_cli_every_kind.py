@@ -50,7 +50,9 @@ def test_train_info_predict_and_load(name, data, tmp_path):
     # Export below needs a network: the detector's default (auto) would choose the forest on these nuclei
     # (tests/test_cli_detector.py takes that path).
     network = ["--arch", "centernet"] if name == "object-detector" else []
-    r = dlvision("train", kind.command, *fill(train), *network, "--out", model)
+    # Train and predict start fresh interpreters, as a user's shell does: each kind's
+    # commands import what they need themselves (the other CLI tests share one import).
+    r = dlvision("train", kind.command, *fill(train), *network, "--out", model, fresh=True)
     assert r.returncode == 0, r.stderr
     assert model.is_file()
 
@@ -60,7 +62,7 @@ def test_train_info_predict_and_load(name, data, tmp_path):
 
     out = tmp_path / out_name
     before = (data / "img.tif").read_bytes()
-    r = dlvision("predict", "--model", model, *fill(predict), "--out", out)
+    r = dlvision("predict", "--model", model, *fill(predict), "--out", out, fresh=True)
     assert r.returncode == 0, r.stderr
     assert out.is_file() and out.stat().st_size > 0
     assert (data / "img.tif").read_bytes() == before  # inputs untouched

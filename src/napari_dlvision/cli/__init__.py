@@ -17,6 +17,7 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import signal
@@ -71,14 +72,41 @@ def _terminated(signum, frame):
 
 
 def main(argv=None) -> int:
+    """The `dlvision` command; `argv` None: this process is the command (see _end_at_exit)."""
     if argv is None:
         signal.signal(signal.SIGTERM, _terminated)
+        atexit.register(_end_at_exit)  # registered first, so it runs after every library's own atexit work
     code = _main(argv)
     if argv is None:
         # The command's work is done and written: a Ctrl-C during the interpreter's
         # teardown would only print a KeyboardInterrupt traceback from torch's finalisers.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        global _exit_status
+        _exit_status = code
     return code
+
+
+_exit_status: int | None = None  # the finished command's status, once main() has returned it
+
+
+def _end_at_exit() -> None:
+    """End the process once its command has finished, without the interpreter's teardown.
+
+    With torch imported, Python's teardown (freeing every module's objects, the
+    libraries' static destructors) took 0.9 s after the work was done, 2 s with
+    torchvision's detectors, on the 2-core CI machine; 0.4 s with scikit-learn.
+    By now the outputs are written and closed, non-daemon threads have been joined
+    and every atexit hook registered after this one has run, so nothing is lost.
+    After a bug's traceback (no status) the teardown runs as usual.
+    """
+    if _exit_status is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can reach it
+            pass
+    os._exit(_exit_status)
 
 
 def _main(argv) -> int:
