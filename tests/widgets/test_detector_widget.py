@@ -265,6 +265,8 @@ def test_auto_chooses_the_forest_which_trains_in_one_go_and_loads_back(qtbot, dr
     assert "Predicted cells" in status and "steps" not in status
     # The forest's objects are separate regions: none is suppressed, and the NMS slider is greyed out.
     assert not w.review.nms.isEnabled() and not w.review.nms_title.isEnabled() and w.review.threshold.isEnabled()
+    # Nothing to continue and no loss: Continue is greyed out and the empty plot says why.
+    assert not w.continue_btn.isEnabled() and "no training loss" in w.plot.placeholder
     w.review.threshold.setValue(w.review.threshold.value() + 5)
     qtbot.waitUntil(lambda: w.status.text().startswith("Showing boxes with score >= 0.35:"), timeout=5000)
     out = viewer.layers["cells detections"]
@@ -275,6 +277,8 @@ def test_auto_chooses_the_forest_which_trains_in_one_go_and_loads_back(qtbot, dr
     other = _dock(viewer, arch="auto")
     assert other.load_model(path) is not None and other.last_error is None
     assert other.settings_form.values()["arch"] == "forest" and "forest detector" in other.status.text()
+    assert "a forest of 50 trees" in other.status.text() and "steps" not in other.status.text()
+    assert not other.continue_btn.isEnabled() and "no training loss" in other.plot.placeholder
     assert not other.settings_form.editors["steps"].isEnabled() and not other.review.nms.isEnabled()
     other.settings_form.set_value("arch", "centernet")
     editors = other.settings_form.editors

@@ -48,6 +48,7 @@ FIELDS = [
     Field("preview_every", "Preview every", 50, 0, 100_000, 10, special="only at the end"),
 ]
 # What only a network uses: greyed out when the forest is chosen (empty_planes applies to both).
+NO_LOSS = "a forest is fitted in one go: it has no training loss to plot"
 NETWORK_KEYS = ("steps", "patch_size", "batch_size", "lr", "flips", "rot90", "scale", "intensity", "device",
                 "preview_every")
 TRAIN_KEYS = ("steps", "patch_size", "batch_size", "lr", "flips", "rot90", "scale", "intensity", "empty_planes",
@@ -135,12 +136,12 @@ class DetectorWidget(ModelWidget):
         lay.addWidget(self.class_table)
         self.settings_form = SettingsForm("Training", FIELDS)
         self.settings_form.editors["arch"].currentTextChanged.connect(self._arch_chosen)
-        self._arch_chosen(DEFAULT_ARCH)
         lay.addWidget(self.settings_form)
         self.panel = RunPanel([("Train", lambda: self.train(False)), ("Continue training", lambda: self.train(True))],
                               self.stop, plot=True, hint="Draw boxes around objects (New), then Train.")
         self.train_btn, self.continue_btn = self.panel.buttons["Train"], self.panel.buttons["Continue training"]
         self.stop_btn, self.status, self.plot = self.panel.stop_btn, self.panel.status, self.panel.plot
+        self._arch_chosen(DEFAULT_ARCH)
         lay.addWidget(self.panel)
         self.gt_picker = self.picker((Shapes, Labels), accept=_not_output, prefer=_truth_preference)
         self.review = BoxReview(self, self.gt_picker)
@@ -236,6 +237,7 @@ class DetectorWidget(ModelWidget):
             return self.error(str(e))
         if not resume:
             self.plot.clear()
+            self.plot.set_placeholder(NO_LOSS if values["arch"] == FOREST else None)
         holder = {}
         gen = _train_job(holder, self.model if resume else None, values["arch"], values["pretrained"],
                          values["device"], data, axis, boxes, names, settings, validation)
@@ -256,6 +258,17 @@ class DetectorWidget(ModelWidget):
         """Grey out what the chosen architecture does not use (auto may still choose a network)."""
         self.settings_form.enable(NETWORK_KEYS, arch != FOREST)
         self.settings_form.enable(("pretrained",), arch in TORCHVISION_ARCHS)
+        if self.model is None or self.model.arch != FOREST:
+            self.plot.set_placeholder(NO_LOSS if arch == FOREST else None)
+
+    def _model_changed(self, det):
+        """A forest is fitted in one go: no loss to plot, nothing to continue, no duplicates to suppress."""
+        forest = det.arch == FOREST
+        self.review.set_suppression(not forest)
+        self.plot.set_placeholder(NO_LOSS if forest else None)
+        self.continue_btn.setEnabled(not forest)
+        self.continue_btn.setToolTip("a forest is fitted in one go: Train fits it again on the boxes as they are now"
+                                     if forest else "")
 
     def _on_train_event(self, ev, job):
         self.show_training_step(ev, job.context["offset"])
@@ -271,7 +284,7 @@ class DetectorWidget(ModelWidget):
         if det is None or det.net is None or job.error is not None:
             return
         self.model = det
-        self.review.set_suppression(det.arch != FOREST)
+        self._model_changed(det)
         self.class_table.set_names(det.class_names + self.class_table.names()[len(det.class_names):])
         t = det.training
         if t.get("notes"):  # boxes clipped or dropped, planes skipped: the status line moved on long ago
@@ -354,7 +367,8 @@ class DetectorWidget(ModelWidget):
         self.class_table.set_names(det.class_names + self.class_table.names()[len(det.class_names):])
         self.settings_form.set_value("arch", det.arch)
         self.review.set_values(det.score_threshold, det.nms_iou)
-        self.review.set_suppression(det.arch != FOREST)
         self.plot.clear()
-        self.say(f"Loaded {path.name}: {det.arch} detector, classes {', '.join(det.class_names)}, "
-                 f"trained {det.training.get('steps_total', '?')} steps.")
+        self._model_changed(det)
+        trained = (det.training.get("kept") or "a forest") if det.arch == FOREST else \
+            f"trained {det.training.get('steps_total', '?')} steps"
+        self.say(f"Loaded {path.name}: {det.arch} detector, classes {', '.join(det.class_names)}, {trained}.")

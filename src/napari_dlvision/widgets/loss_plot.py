@@ -25,8 +25,11 @@ def _fmt(v: float) -> str:
 
 
 class LossPlot(QWidget):
+    PLACEHOLDER = "the training loss appears here"
+
     def __init__(self, parent=None):
         super().__init__(parent)
+        self.placeholder = self.PLACEHOLDER  # shown while there is no loss to draw
         self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.clear()
@@ -36,6 +39,11 @@ class LossPlot(QWidget):
         self.loss: list[float] = []
         self.smoothed: list[float] = []
         self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.update()
+
+    def set_placeholder(self, text: str | None = None):
+        """What the empty plot says (the default: where the loss will appear)."""
+        self.placeholder = text or self.PLACEHOLDER
         self.update()
 
     @property
@@ -61,7 +69,7 @@ class LossPlot(QWidget):
         fm = QFontMetrics(p.font())
         if not self.loss:
             p.setPen(AXIS_COLOUR)
-            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "the training loss appears here")
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.placeholder)
             return
         left, right = fm.horizontalAdvance("0.0000") + 8, (fm.horizontalAdvance("1.0") + 10 if self.metrics else 8)
         top, bottom = fm.height() + 8, fm.height() + 6
