@@ -130,6 +130,20 @@ def test_png_output_is_a_png_and_a_broken_file_does_not_stop_a_folder(files, tmp
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_segmentation.tif", "c_segmentation.tif"]
 
 
+def test_a_reader_that_quits_early_does_not_stop_the_work(files, tmp_path):
+    """`dlvision predict ... | head -1`: the run used to stop at its first progress line, exit 0."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.tif", "b.tif", "c.tif"):
+        tifffile.imwrite(src / name, tifffile.imread(files / "img.tif"))
+    p = subprocess.Popen([sys.executable, "-m", "napari_dlvision.cli", "predict", "--model", files / "m.dlv",
+                          "--image", src, "--out", tmp_path / "out"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader has left before the first line
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and not err, err
+    assert sorted(q.name for q in (tmp_path / "out").iterdir()) == [f"{n}_segmentation.tif" for n in "abc"]
+
+
 def test_hostile_model_is_one_line_at_info_and_predict(files, tmp_path):
     import io
     import json

@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     if argv is None:
         signal.signal(signal.SIGTERM, _terminated)
         atexit.register(_end_at_exit)  # registered first, so it runs after every library's own atexit work
+        sys.stdout = _OutlivesItsReader(sys.stdout)
     code = _main(argv)
     if argv is None:
         # The command's work is done and written: a Ctrl-C during the interpreter's
@@ -84,6 +85,39 @@ def main(argv=None) -> int:
         global _exit_status
         _exit_status = code
     return code
+
+
+class _OutlivesItsReader:
+    """stdout whose reader may leave (`dlvision train ... | head -1`): the work goes on.
+
+    The progress lines are for the reader; the command's outputs are files. A
+    reader that quits early used to stop a training or a folder run halfway
+    (BrokenPipeError), with nothing or only some files written, and exit 0.
+    Once the pipe is broken, stdout goes to /dev/null and the command finishes.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_left()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+
+    def _reader_left(self):
+        # The buffered text that failed is flushed later into /dev/null, not retried on the pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+
+    def __getattr__(self, name):  # fileno, isatty, encoding...: the real stream's
+        return getattr(self._stream, name)
 
 
 _exit_status: int | None = None  # the finished command's status, once main() has returned it
