@@ -227,6 +227,15 @@ def test_messages_name_what_is_wrong(files, tmp_path):
     iio.imwrite(tmp_path / "colour.png", np.stack([lab * 100] * 3, -1))
     one_line_error(dlvision("train", "rf", "--image", files / "img.tif", "--labels", tmp_path / "colour.png",
                             "--out", tmp_path / "m.dlv"), "one class id per pixel, not colours")
+    # An instance mask of 30 objects, under the 64 classes a forest takes: refused too.
+    objects = np.zeros((96, 96), np.uint16)
+    for k in range(30):
+        y, x = divmod(k, 6)
+        objects[y * 16 + 3:y * 16 + 13, x * 16 + 3:x * 16 + 13] = k + 1
+    tifffile.imwrite(tmp_path / "objects.tif", objects)
+    one_line_error(dlvision("train", "rf", "--image", files / "img.tif", "--labels", tmp_path / "objects.tif",
+                            "--out", tmp_path / "m.dlv"), "labels of objects.tif hold 30 ids covering 33%")
+    assert not (tmp_path / "m.dlv").exists()
     tifffile.imwrite(tmp_path / "vol.tif", np.zeros((9, 20, 20), np.float32))
     one_line_error(dlvision("predict", "--model", files / "m.dlv", "--image", tmp_path / "vol.tif", "--out",
                             tmp_path / "s.tif"), "the model expects 2D images")

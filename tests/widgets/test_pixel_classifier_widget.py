@@ -291,6 +291,12 @@ def test_instance_layer_as_annotations_gives_a_message(qtbot, widget, sample2d):
     widget.train()
     wait_idle(qtbot, widget)
     assert "instance mask" in widget.last_error
+    # Fewer objects than the 64 classes a forest takes: still an instance mask, and said so.
+    widget.labels_combo.value = viewer.add_labels(np.where(sample2d.instances <= 40, sample2d.instances, 0),
+                                                  name="some nuclei")
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert "hold 40 ids covering" in widget.last_error and "instance mask" in widget.last_error
     # The user presses New: the fresh layer does not inherit the 64 rows the
     # instance mask added, and trains a 2-class model from 2 painted classes.
     fresh = widget.inputs.new_layer()

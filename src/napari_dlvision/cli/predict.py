@@ -120,7 +120,7 @@ def run(args):
         last = None
         for ev in iter_predict_folder(model, files, args.out, wanted, args.channel_axis, args.spacing, **options):
             if ev.stage == "file":
-                print(f"[{ev.done}/{ev.total}] {ev.message}", flush=True)
+                print(ev.message, flush=True)  # "Predicted a.tif (1/4)", "Skipped b.tif (2/4): why"
             last = ev
         print(last.message, flush=True)
         if last.payload["failed"]:

@@ -33,6 +33,7 @@ def add_arguments(p):
 def run(args):
     from ..core.features import FAMILIES, FeatureSpec
     from ..core.forest import prefetch_sklearn
+    from ..core.labels import as_strokes
     from ..core.pixel_classifier import PixelClassifier
 
     check_outputs(args.image + args.labels, [args.out])
@@ -45,6 +46,7 @@ def run(args):
         spec = FeatureSpec.default()
     clf = PixelClassifier(spec, args.trees, args.max_depth or None, args.class_names)
     images, labels, axis = read_pairs(args.image, args.labels, args.channel_axis)
+    labels = [as_strokes(lab, f"labels of {Path(name).name}") for lab, name in zip(labels, args.labels)]
     check_named_classes(args.class_names, labels)
     t0 = time.perf_counter()
     clf.fit(images, labels, channel_axis=axis, spacing=args.spacing)

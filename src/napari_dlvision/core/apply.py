@@ -112,7 +112,7 @@ def iter_predict_folder(model, files, out_dir, wanted=None, channel_axis=None, s
             message = f"Predicted {path.name} ({i}/{total})"
         except (UserInputError, MemoryError, OSError) as e:
             failed.append((path, _one_line(e)))
-            message = f"Skipped {path.name}: {_one_line(e)}"
+            message = f"Skipped {path.name} ({i}/{total}): {_one_line(e)}"
         yield Progress("file", i, total, message, payload=path)
     summary = f"Predicted {total - len(failed)} of {total} files into {out_dir}"
     if failed:

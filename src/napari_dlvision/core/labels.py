@@ -27,6 +27,29 @@ def as_label_array(labels, name: str = "labels") -> np.ndarray:
     return lab
 
 
+INSTANCE_LIKE_IDS, INSTANCE_LIKE_COVER = 16, 0.05
+
+
+def as_strokes(labels, name: str = "labels") -> np.ndarray:
+    """as_label_array, refusing an instance mask given as strokes.
+
+    Above MAX_CLASSES ids check_classes says so; below it, an instance mask
+    (blobs' 64 objects, say) trained as that many classes without a word.
+    Strokes use a few ids painted thinly; more than INSTANCE_LIKE_IDS ids
+    covering INSTANCE_LIKE_COVER of the pixels or more are objects.
+    """
+    lab = as_label_array(labels, name)
+    if lab.size and lab.max() > INSTANCE_LIKE_IDS:
+        painted = lab[lab > 0]
+        n_ids, cover = len(np.unique(painted)), painted.size / lab.size
+        if n_ids > INSTANCE_LIKE_IDS and cover >= INSTANCE_LIKE_COVER:
+            raise UserInputError(
+                f"the {name} hold {n_ids} ids covering {cover:.0%} of the image: is this an instance mask? "
+                "Strokes use a few class ids (1..K), painted where each class is; a U-Net trains on "
+                "instance masks in dense mode")
+    return lab
+
+
 def check_classes(present, n_named: int = 0) -> int:
     """Number of classes K for painted ids `present` (sorted, without 0).
 

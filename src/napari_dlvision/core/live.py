@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .events import Progress
+from .labels import as_strokes
 from .pixel_classifier import PixelClassifier
 from .tiling import FeatureTiles
 
@@ -22,6 +23,7 @@ def train_and_predict(clf: PixelClassifier, tiles: FeatureTiles, labels: np.ndar
     The labels array is only read. The last event's payload holds the
     outputs named in `wanted` (see core.pixel_model).
     """
+    as_strokes(labels)  # an instance mask picked as the strokes layer is refused
     xs, ys = [], []
     yield Progress("features", 0, 1, "Computing features of labelled tiles…")
     for done, total, x, y in tiles.iter_training_data(labels):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..core.errors import UserInputError
 from ..core.events import Progress
 from ..core.images import as_channels_first, check_spacing
-from ..core.labels import as_label_array, check_classes
+from ..core.labels import as_label_array, as_strokes, check_classes
 from ..core.metrics import iou
 from .augment import Augmentation, patch_edges
 from .devices import check_fits_in_ram, free_memory, pick_device
@@ -118,7 +118,7 @@ def prepare_data(segmenter: UNetSegmenter, images, labels, channel_axis=None):
     imgs, tgts = [], []
     for image, lab in zip(images, labels):
         img = as_channels_first(image, channel_axis)
-        lab = as_label_array(lab, "instance labels" if segmenter.mode == "dense" else "labels")
+        lab = as_label_array(lab, "instance labels") if segmenter.mode == "dense" else as_strokes(lab)
         if lab.shape != img.shape[1:]:
             raise UserInputError(f"labels have shape {lab.shape} but the image has {img.shape[1:]}")
         if imgs and (img.shape[0], img.ndim) != (imgs[0].shape[0], imgs[0].ndim):
