@@ -63,6 +63,10 @@ class LayerPicker(QComboBox):
         self._layers: list = []
         self._reported = object()  # nothing reported yet: the first value is reported too
         self._named: set = set()
+        # Until the user picks a layer, the preferred one is taken, also when it is added later
+        # (a "ground truth" layer opened after docking); a layer the user picked stays.
+        self._user_picked = False
+        self.activated.connect(self._picked_by_user)
         events = viewer.layers.events
         self._connections = [(events.inserted, self.refresh), (events.removed, self.refresh),
                              (events.moved, self.refresh)]
@@ -82,6 +86,7 @@ class LayerPicker(QComboBox):
 
     @value.setter
     def value(self, layer):
+        self._user_picked = True
         self.refresh()
         if layer in self._layers:
             self.setCurrentIndex(self._layers.index(layer))
@@ -94,8 +99,11 @@ class LayerPicker(QComboBox):
             if id(layer) not in self._named:
                 layer.events.name.connect(self._renamed)
                 self._named.add(id(layer))
+        best = min(layers, key=self.prefer) if (layers and self.prefer) else (layers[0] if layers else None)
         if current not in layers:
-            current = min(layers, key=self.prefer) if (layers and self.prefer) else (layers[0] if layers else None)
+            current, self._user_picked = best, False
+        elif self.prefer and not self._user_picked and self.prefer(best) < self.prefer(current):
+            current = best
         self.blockSignals(True)
         self.clear()
         self._layers = layers
@@ -106,6 +114,9 @@ class LayerPicker(QComboBox):
             self.addItem(self.none_text)
         self.blockSignals(False)
         self._changed()
+
+    def _picked_by_user(self, *_):
+        self._user_picked = True
 
     def _renamed(self, event=None):
         for i, layer in enumerate(self._layers):
