@@ -160,6 +160,20 @@ def test_after_the_sample_the_strokes_are_not_taken_for_boxes_nor_truth(make_nap
     assert w.boxes_picker.value is drawn and w.gt_picker.value is truth
 
 
+def test_a_truth_layer_opened_after_docking_is_picked_as_truth_unless_the_user_chose(make_napari_viewer, scene):
+    s, truth = scene
+    viewer = make_napari_viewer()
+    viewer.add_image(s.image, name="cells")
+    boxes = viewer.add_shapes(np.asarray(boxes_to_rectangles(truth))[:4], shape_type="rectangle", name="my boxes")
+    w = _dock(viewer)
+    assert w.boxes_picker.value is boxes and w.gt_picker.value is boxes  # nothing better yet
+    gt = viewer.add_labels(s.instances, name="ground truth")
+    assert w.gt_picker.value is gt and w.boxes_picker.value is boxes
+    w.gt_picker.value = boxes  # the user's choice stays
+    viewer.add_labels(s.instances, name="truth 2")
+    assert w.gt_picker.value is boxes
+
+
 def test_boxes_clipped_or_dropped_are_told_in_a_notification(qtbot, make_napari_viewer, scene, monkeypatch):
     import napari_dlvision.widgets.detector as detector_widget
 
