@@ -316,12 +316,16 @@ def validation_scores(detector: Detector, val, channel_axis=None, **kw) -> dict[
             "validation mAP@0.5:0.95": float(np.nanmean([s["mAP@0.5:0.95"] for s in scores]))}
 
 
+UNBOXED_ROUNDS = 2  # fits without the background found to hold objects (core.box_regions.unboxed_background)
+
+
 def train_forest(detector: Detector, images, planes, targets, names, n_channels, notes, settings, val,
                  channel_axis=None):
     """Fit the forest detector (core/box_regions.py): strokes from the boxes, the pixel random forest,
     then the edge level and split depth that best find the training boxes. Progress events as
     train_detector's; the detector changes only at the end, so a Stop keeps the last one whole."""
-    from ..core.box_regions import boxes_of_objects, check_background, choose_settings, strokes_from_boxes, table_of
+    from ..core.box_regions import (boxes_of_objects, check_background, choose_settings, strokes_from_boxes,
+                                    table_of, unboxed_background)
     from ..core.pixel_classifier import PixelClassifier
 
     t0 = time.perf_counter()
@@ -336,6 +340,22 @@ def train_forest(detector: Detector, images, planes, targets, names, n_channels,
     forest.fit(list(planes), labels, channel_axis=0)
     yield Progress("tuning", 0, 0, "forest fitted; predicting the training images…", seconds=time.perf_counter() - t0)
     probs = [forest.predict_proba(p, channel_axis=0) for p in planes]
+    unboxed = 0
+    for _ in range(UNBOXED_ROUNDS):  # a refitted forest finds more of the objects the first one shrank
+        cleaned = [unboxed_background(lab, prob, b) for lab, prob, (b, _) in zip(labels, probs, targets)]
+        found = sum(n for _, n in cleaned)
+        if not found:
+            break
+        unboxed += found
+        labels = [lab for lab, _ in cleaned]
+        yield Progress("tuning", 0, 0, f"{found} spots outside the boxes look like objects: fitting the forest "
+                       "without them as background…", seconds=time.perf_counter() - t0)
+        forest.fit(list(planes), labels, channel_axis=0)
+        probs = [forest.predict_proba(p, channel_axis=0) for p in planes]
+    if unboxed:
+        notes.append(f"{unboxed} spot{'s' if unboxed > 1 else ''} outside the boxes looked like objects and "
+                     f"{'were' if unboxed > 1 else 'was'} not taught as background: box every object in the part "
+                     "of the image you annotate")
 
     def evaluate(found, targets):
         truth = BoxTable(np.concatenate([b for b, _ in targets]), np.concatenate([c for _, c in targets]), list(names),
