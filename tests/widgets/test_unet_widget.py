@@ -306,6 +306,9 @@ def test_continue_pressed_while_stopping_says_so_quietly(qtbot, widget):
     qtbot.mouseClick(widget.train_btn, Qt.MouseButton.LeftButton)
     qtbot.mouseClick(widget.panel.stop_btn, Qt.MouseButton.LeftButton)
     assert widget.runner.busy  # the job ends at its next step, seen by the event loop
-    qtbot.mouseClick(widget.continue_btn, Qt.MouseButton.LeftButton)
+    # Train and Continue are greyed out until it has; called anyway (a script), Continue says why.
+    assert not widget.continue_btn.isEnabled() and not widget.train_btn.isEnabled()
+    widget.train(True)
     assert widget.status.text() == "still stopping: try again in a moment"
     wait_idle(qtbot, widget)
+    assert widget.continue_btn.isEnabled() and widget.train_btn.isEnabled()

@@ -266,9 +266,8 @@ class DetectorWidget(ModelWidget):
         forest = det.arch == FOREST
         self.review.set_suppression(not forest)
         self.plot.set_placeholder(NO_LOSS if forest else None)
-        self.continue_btn.setEnabled(not forest)
-        self.continue_btn.setToolTip("a forest is fitted in one go: Train fits it again on the boxes as they are now"
-                                     if forest else "")
+        self.panel.hold("Continue training", forest,
+                        "a forest is fitted in one go: Train fits it again on the boxes as they are now")
 
     def _on_train_event(self, ev, job):
         self.show_training_step(ev, job.context["offset"])

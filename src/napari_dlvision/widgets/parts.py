@@ -143,8 +143,11 @@ class LayerPicker(QComboBox):
 class RunPanel(QWidget):
     """Action buttons + Stop, progress bar, status line and (optionally) a loss plot."""
 
-    def __init__(self, buttons, on_stop, plot: bool = False, hint: str = ""):
+    def __init__(self, buttons, on_stop, plot: bool = False, hint: str = "", lock_while_busy: bool = True):
         super().__init__()
+        # The action buttons grey out while a job runs (they could only say "wait"); not where
+        # jobs start by themselves as the user paints (the forest's live update), or they would flicker.
+        self.lock_while_busy, self._busy, self._held = lock_while_busy, False, set()
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
@@ -188,8 +191,20 @@ class RunPanel(QWidget):
 
     def set_busy(self, busy: bool):
         self.stop_btn.setEnabled(busy)
+        self._busy = busy
+        if self.lock_while_busy:
+            for text, button in self.buttons.items():
+                button.setEnabled(not busy and text not in self._held)
         if busy:
             self.progress.setValue(0)
+
+    def hold(self, text: str, off: bool, why: str = ""):
+        """Keep the button `text` greyed out (with `why` as its tooltip) while `off`, busy or not."""
+        self._held.discard(text)
+        if off:
+            self._held.add(text)
+        self.buttons[text].setEnabled(not off and not (self.lock_while_busy and self._busy))
+        self.buttons[text].setToolTip(why if off else "")
 
     def say(self, text: str):
         self._draw(status=False)  # the newest step's bar and curve, not its status over this text

@@ -54,7 +54,7 @@ class PixelClassifierWidget(ModelWidget):
         self.live_check.setToolTip("Retrain after every stroke, the region on screen first")
         self.live_check.toggled.connect(self._live_toggled)
         self.panel = RunPanel([("Train and predict", self.train), (self.live_check, None)], self.stop,
-                              hint="Paint a few strokes of each class, then train.")
+                              hint="Paint a few strokes of each class, then train.", lock_while_busy=False)
         self.train_btn = self.panel.buttons["Train and predict"]
         self.stop_btn, self.progress, self.status = self.panel.stop_btn, self.panel.progress, self.panel.status
         lay.addWidget(self.panel)
