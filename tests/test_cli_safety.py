@@ -58,6 +58,7 @@ def test_outputs_that_would_destroy_inputs_are_refused(files, args, text):
 
 @pytest.mark.parametrize("args,text", [
     (["train", "rf", "--trees", "0"], "--trees"),
+    (["train", "rf", "--scales", "1,100"], "to 32 pixels, got 100"),
     (["train", "rf", "--trees", "-3"], "--trees"),
     (["train", "rf", "--max-depth", "-1"], "--max-depth"),
     (["train", "rf", "--channel-axis", "5"], "channel"),

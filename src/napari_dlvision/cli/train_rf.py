@@ -22,7 +22,8 @@ def add_arguments(p):
                    help="feature subset, e.g. 'gaussian@0.3,hessian@1.6,log' "
                         "(a bare family takes every --scales); default: all families at 0.7-5")
     p.add_argument("--scales", default=None,
-                   help="scales, e.g. 1,1.6,3.5: for bare families in --features, or alone for every family")
+                   help="scales in pixels (above 0, up to 32), e.g. 1,1.6,3.5: for bare families in --features, "
+                        "or alone for every family; below 0.5 only Gaussian smoothing is computed")
     p.add_argument("--trees", type=int_in(1, 10_000), default=50, help="number of trees (default 50)")
     p.add_argument("--max-depth", type=int_in(0, 1000), default=0, help="maximum tree depth (default 0: none)")
     p.add_argument("--class-names", type=class_names, default=None,

@@ -33,6 +33,8 @@ FAMILY_TITLES = {
 SCALES = (0.3, 0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
 # Like ilastik, the finest scale is only meaningful for plain smoothing.
 SMOOTHING_ONLY_SCALE = 0.3
+# Beyond this a filter's halo is most of any image and the feature a blur of its mean (a typo, 100 for 1.0).
+MAX_SCALE = 32.0
 DOG_RATIO = 0.66  # DoG(s) = G(s) - G(0.66 s)
 OUTER_RATIO = 0.5  # structure tensor: outer scale = 0.5 * inner scale
 _EIGEN_FAMILIES = ("structure_tensor", "hessian")
@@ -48,8 +50,8 @@ class Feature:
             raise UserInputError(
                 f"unknown feature family {self.family!r}; choose from {', '.join(FAMILIES)}"
             )
-        if not self.scale > 0:
-            raise UserInputError(f"feature scale must be positive, got {self.scale}")
+        if not 0 < self.scale <= MAX_SCALE:
+            raise UserInputError(f"feature scales go from above 0 to {MAX_SCALE:g} pixels, got {self.scale:g}")
         if self.scale < 0.5 and self.family != "gaussian":
             raise UserInputError(
                 f"{self.family} needs a scale of at least 0.5 (got {self.scale}); "
