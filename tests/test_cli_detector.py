@@ -161,5 +161,6 @@ def test_a_forest_detector_trains_predicts_evaluates_and_is_not_exported(files, 
     assert float(r.stdout.split()[1]) > 0.5  # mAP@0.5
     r = dlvision("export", "--model", tmp_path / "f.dlv", "--format", "onnx", "--out", tmp_path / "f.onnx")
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "dlvision: error: a forest detector is a random forest, not a network: export is for torch models"]
+        f"dlvision: error: {tmp_path / 'f.dlv'}: a forest detector is a random forest, not a network: "
+        "export is for torch models"]
     assert not (tmp_path / "f.onnx").exists()

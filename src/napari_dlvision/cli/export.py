@@ -45,7 +45,7 @@ def run(args):
         from ..dl.detector_archs import FOREST, NOT_EXPORTED
 
         if read_metadata(args.model, kinds=(kind.name,)).get("arch") == FOREST:  # refused before torch is imported
-            raise UserInputError(NOT_EXPORTED)
+            raise UserInputError(f"{args.model}: {NOT_EXPORTED}")
     if args.format == "bioimageio" and kind.name not in ("pixel-unet", "denoiser"):
         raise UserInputError(f"bioimage.io export is for U-Net and denoiser models; {args.model} is {kind.a_title}")
     try:
