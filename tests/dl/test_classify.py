@@ -63,8 +63,15 @@ def test_a_handful_of_validation_images_does_not_pick_the_weights(toy):
     assert "3 for validation (too few to choose the weights by" in events[0].message
     assert clf.training["validation_images"] == 3
     assert clf.training["kept"] == "the last weights" and clf.training["best_step"] is None
-    big = run(ImageClassifier("logreg"), data, epochs=2, batch_size=32)  # 12 held out: they choose
-    assert "best validation" in big.payload["report"]["kept"]
+    assert run(ImageClassifier("logreg"), data, epochs=2, batch_size=32).payload["report"]["kept"] == \
+        "the last weights"  # 12 held out: too few too
+    vx, vy, _ = toy_classes(n_per_class=34, size=16, n_classes=3, seed=2)  # 102 validation images: they choose
+    clf = ImageClassifier("logreg")
+    last = None
+    for last in train_classifier(clf, data, ClassifierSettings(arch="logreg", device="cpu", epochs=2, batch_size=32),
+                                 validation=ImageSet(vx, vy, data.class_names, [])):
+        pass
+    assert "best validation" in last.payload["report"]["kept"]
 
 
 def test_save_load_round_trip_and_continue(toy, tmp_path):
