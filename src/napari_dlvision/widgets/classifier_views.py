@@ -68,9 +68,13 @@ class ConfusionTable(QWidget):
         self.title.setText(f"Accuracy {ev.accuracy:.3f} on {ev.n} {what} (rows: true class, columns: predicted)")
         self.table.setRowCount(k)
         self.table.setColumnCount(k + 2)
-        short = [n if len(n) <= 10 else n[:9] + "." for n in ev.class_names]
-        self.table.setHorizontalHeaderLabels(short + ["precision", "recall"])
+        # Short headers, the full words in tooltips: a dock is ~300 px wide, and "precision"
+        # and "recall" in full pushed recall out of sight with four classes.
+        short = [n if len(n) <= 8 else n[:7] + "." for n in ev.class_names]
+        self.table.setHorizontalHeaderLabels(short + ["prec.", "rec."])
         self.table.setVerticalHeaderLabels(short)
+        for col, full in enumerate(list(ev.class_names) + ["precision", "recall"]):
+            self.table.horizontalHeaderItem(col).setToolTip(full)
         rows = ev.matrix.sum(1)
         for i in range(k):
             for j in range(k):
