@@ -57,6 +57,7 @@ class AnnotationInputs(QWidget):
         self.new_btn.setToolTip("Add an empty annotation layer for the chosen image")
         self.new_btn.clicked.connect(self.new_layer)
         grid.addWidget(self.new_btn, 1, 2)
+        grid.setColumnStretch(1, 1)  # the layer names get the width, not the New button ("blobs annotat")
         lay.addLayout(grid)
         lay.addWidget(self.class_table)
         owner.on_close(self._release)
