@@ -125,6 +125,16 @@ def test_ema_warmup_keeps_little_of_the_random_start_in_short_runs():
     assert float((start.T - w).abs().max()) > 0.2
 
 
+def test_an_equal_weight_average_from_a_step_is_the_mean_of_the_weights_since():
+    from napari_dlvision.dl.loop import average_weight
+
+    avg, weights = None, [float(w) for w in (4, 8, 1, 3, 5, 9)]  # steps 1..6
+    for n, w in enumerate(weights):  # as AveragedModel: the first update copies, then lerps
+        avg = w if n == 0 else avg + (w - avg) * average_weight(0.99, n, start=3)
+    assert avg == sum(weights[2:]) / 4  # steps 3..6
+    assert average_weight(0.99, 1, None) == 1 - 2 / 11  # the EMA otherwise
+
+
 def test_time_schedule_decays_the_learning_rate_by_the_time_limit():
     import time as _time
 

@@ -80,17 +80,28 @@ def ema_decay(decay: float, n_averaged: int) -> float:
     return min(decay, (1 + n_averaged) / (10 + n_averaged))
 
 
-class _Averaged(torch.nn.Module):
-    """EMA of a network's weights and buffers (torch's AveragedModel), with warm-up."""
+def average_weight(decay: float, n_averaged: int, start: int | None) -> float:
+    """The weight of the newest step's weights in the average after `n_averaged` updates:
+    the EMA's (ema_decay), or from step `start` on an equal share of every step since
+    (before it, all of the newest: the average restarts there)."""
+    if start is None:
+        return 1 - ema_decay(decay, n_averaged)
+    step = n_averaged + 1  # the step whose weights are averaged in now
+    return 1.0 if step < start else 1.0 / (step - start + 1)
 
-    def __init__(self, net, decay):
+
+class _Averaged(torch.nn.Module):
+    """Average of a network's weights and buffers (torch's AveragedModel): an EMA with
+    warm-up, or an equal-weight average from a given step on (average_weight)."""
+
+    def __init__(self, net, decay, start=None):
         super().__init__()
         from torch.optim.swa_utils import AveragedModel
 
         @torch.no_grad()
         def multi_avg_fn(averaged, current, n_averaged):
             if torch.is_floating_point(averaged[0]):  # torch groups the tensors by dtype
-                torch._foreach_lerp_(averaged, current, 1 - ema_decay(decay, int(n_averaged)))
+                torch._foreach_lerp_(averaged, current, average_weight(decay, int(n_averaged), start))
             else:  # counters such as batch norm's num_batches_tracked
                 for a, c in zip(averaged, current):
                     a.copy_(c)
@@ -133,7 +144,7 @@ def fit(net: torch.nn.Module, batches, loss_fn, settings: FitSettings, *, valida
     scaler = torch.amp.GradScaler("cuda") if amp else None
     # bfloat16 has float32's range: no loss scaling needed.
     bf16 = settings.cpu_amp and device.type == "cpu" and cpu_bf16_supported()
-    averaged = _Averaged(net, settings.ema) if settings.ema else None
+    averaged = _Averaged(net, settings.ema, settings.average_from) if settings.ema else None
     total = int(settings.steps)
     val_every = settings.val_every or max(1, total // 10)
     messages: list[str] = []

@@ -27,6 +27,9 @@ class FitSettings:
     warmup: int = 0  # steps of linear warm-up (cosine and constant)
     grad_clip: float | None = 1.0  # max gradient norm; None: no clipping
     ema: float | None = None  # decay of the weight average, e.g. 0.99; None: off
+    # With the average on: from this step on, an equal-weight average of every step's weights
+    # instead of the EMA (before it, the current weights); None: the EMA throughout.
+    average_from: int | None = None
     device: str = "auto"
     amp: bool = True  # mixed precision (float16) on CUDA
     cpu_amp: bool = False  # bfloat16 autocast on CPUs with native bfloat16 (about 2x faster convolutions)
@@ -60,6 +63,8 @@ class FitSettings:
             number("gradient clipping", self.grad_clip, 1e-6)
         if self.ema is not None:
             number("EMA decay", self.ema, 0, 0.99999)
+        if self.average_from is not None:
+            number("first averaged step", self.average_from, 0, 10_000_000, integer=True)
         if self.time_limit is not None:
             number("time limit", self.time_limit, 1e-3)
         number("validation interval", self.val_every, 0, 10_000_000, integer=True)
